@@ -1,0 +1,46 @@
+# embedding_api: `make run` serves MODEL_PATH, `make test` passes the tests. `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TINY_MODEL := models/tiny-random
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev run demo demo-model test lint bench bench-adapter bench-server clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.runtime ## create .venv with the runtime dependencies
+
+install-dev: $(VENV)/.dev ## add the test and lint tools
+
+run: install ## serve MODEL_PATH (from .env or the environment) on HOST:PORT
+	$(PY) -m embedding_api
+
+demo-model: install ## build the tiny random checkpoint in models/tiny-random
+	test -f $(TINY_MODEL)/config.json || $(PY) -m embedding_api.tiny_checkpoint $(TINY_MODEL)
+
+demo: demo-model ## serve the tiny random checkpoint (meaningless vectors: shows the API only)
+	MODEL_PATH=$(TINY_MODEL) $(PY) -m embedding_api
+
+test: install-dev ## run the test suite (what CI runs)
+	$(PY) -m pytest; status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
+
+lint: install-dev ## ruff and mypy
+	$(VENV)/bin/ruff check embedding_api tests bench
+	$(VENV)/bin/ruff format --check embedding_api tests bench
+	$(VENV)/bin/mypy
+
+clean: ## remove caches (keeps .venv and models/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache test-artifacts

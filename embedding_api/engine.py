@@ -1,0 +1,263 @@
+"""One engine, one queue: items from every request are batched together under token, pixel and size budgets.
+
+A single batching loop cuts a batch as soon as the device can take one (no fixed sleeps). Waiting items are
+sorted by length around the oldest one so padding stays small and nothing starves. Collation runs in a CPU pool
+while the device runs the previous batch; the forward pass runs on one dedicated thread. Each item carries its
+own future, so one request's items may span batches and one batch may serve many requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.families.base import EmbeddingFamily, PreparedItem
+from embedding_api.items import Item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one forward pass may hold: padded tokens, pixels and items."""
+
+    max_tokens: int = 16384
+    max_pixels: int = 8 * 1800 * 32 * 32
+    max_items: int = 64
+
+
+@dataclass
+class _Entry:
+    item: PreparedItem
+    future: asyncio.Future[tuple[np.ndarray, int, float, float]]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class EmbedResult:
+    """Pooled (not yet finished) vectors of one request, in its own order, and what it cost."""
+
+    pooled: np.ndarray
+    tokens: int
+    queue_ms: float
+    inference_ms: float
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Engine:
+    """The shared batcher in front of a family adapter."""
+
+    def __init__(
+        self,
+        family: EmbeddingFamily,
+        budget: Budget = Budget(),
+        *,
+        max_queued_items: int = 65536,
+        cpu_workers: int = 2,
+    ) -> None:
+        self.family = family
+        self.budget = budget
+        self.max_queued_items = max_queued_items
+        self._cpu = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu")
+        self._device = ThreadPoolExecutor(1, thread_name_prefix="embed-device")
+        self._pending: list[_Entry] = []
+        self._wake = asyncio.Event()
+        # One batch on the device plus one collated and waiting: the next cut waits for the device to free up.
+        self._slots = asyncio.Semaphore(2)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self.batches_run = 0
+        self.consecutive_failures = 0
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop(), name="embed-batcher")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+            self._loop_task = None
+        for entry in self._pending:
+            if not entry.future.done():
+                entry.future.set_exception(ApiError(ErrorKind.NOT_READY, "the server is shutting down"))
+        self._pending.clear()
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+        self._device.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def queued_items(self) -> int:
+        return len(self._pending)
+
+    # ---- public API ----------------------------------------------------------------------------------------
+
+    async def prepare(self, items: list[Item]) -> list[PreparedItem]:
+        """Per-item CPU work in the pool, all items at once; the first bad item's error is raised."""
+        loop = asyncio.get_running_loop()
+        jobs = [loop.run_in_executor(self._cpu, self.family.prepare, item) for item in items]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        prepared: list[PreparedItem] = []
+        for index, result in enumerate(results):
+            if isinstance(result, ApiError):
+                result.item_index = index
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+            prepared.append(result)
+        return prepared
+
+    async def embed(self, items: list[PreparedItem]) -> EmbedResult:
+        """Queue the items, wait for their vectors. Cancelling the caller drops its queued items."""
+        if len(self._pending) + len(items) > self.max_queued_items:
+            raise ApiError(ErrorKind.OVERLOADED, "the server is busy: too many queued inputs, retry shortly")
+        loop = asyncio.get_running_loop()
+        entries = [_Entry(item, loop.create_future()) for item in items]
+        self._pending.extend(entries)
+        self._wake.set()
+        try:
+            results = await asyncio.gather(*(entry.future for entry in entries))
+        except BaseException as exc:
+            for index, entry in enumerate(entries):
+                if isinstance(exc, ApiError) and entry.future.done():
+                    if not entry.future.cancelled() and entry.future.exception() is exc:
+                        exc.item_index = index
+                entry.future.cancel()
+            self._pending = [entry for entry in self._pending if not entry.future.done()]
+            raise
+        pooled = np.stack([vector for vector, _, _, _ in results])
+        tokens = sum(count for _, count, _, _ in results)
+        queue_ms = max(q for _, _, q, _ in results)
+        inference_ms = max(i for _, _, _, i in results)
+        return EmbedResult(pooled=pooled, tokens=tokens, queue_ms=queue_ms, inference_ms=inference_ms)
+
+    # ---- the batching loop ---------------------------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            batch: list[_Entry] = []
+            while not batch:
+                self._pending = [entry for entry in self._pending if not entry.future.done()]
+                if not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                batch = self._cut()
+            task = asyncio.get_running_loop().create_task(self._process(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _cut(self) -> list[_Entry]:
+        """The oldest item plus its nearest neighbours by length, within the budget."""
+        budget = self.budget
+        ordered = sorted(self._pending, key=lambda entry: entry.item.tokens)
+        anchor = self._pending[0]
+        position = ordered.index(anchor)
+        chosen = [anchor]
+        longest = anchor.item.tokens
+        pixels = anchor.item.pixels
+        low, high = position - 1, position + 1
+
+        def fits(entry: _Entry) -> bool:
+            padded = max(longest, entry.item.tokens) * (len(chosen) + 1)
+            return padded <= budget.max_tokens and pixels + entry.item.pixels <= budget.max_pixels
+
+        while len(chosen) < budget.max_items:
+            candidates = []
+            if low >= 0:
+                candidates.append((anchor.item.tokens - ordered[low].item.tokens, "low"))
+            if high < len(ordered):
+                candidates.append((ordered[high].item.tokens - anchor.item.tokens, "high"))
+            added = False
+            for _, side in sorted(candidates):
+                entry = ordered[low] if side == "low" else ordered[high]
+                if fits(entry):
+                    chosen.append(entry)
+                    longest = max(longest, entry.item.tokens)
+                    pixels += entry.item.pixels
+                    if side == "low":
+                        low -= 1
+                    else:
+                        high += 1
+                    added = True
+                    break
+            if not added:
+                break
+        taken = {id(entry) for entry in chosen}
+        self._pending = [entry for entry in self._pending if id(entry) not in taken]
+        return chosen
+
+    async def _process(self, entries: list[_Entry]) -> None:
+        try:
+            await self._execute(entries)
+        finally:
+            self._slots.release()
+
+    async def _execute(self, entries: list[_Entry]) -> None:
+        live = [entry for entry in entries if not entry.future.done()]
+        if not live:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            batch = await loop.run_in_executor(self._cpu, self.family.collate, [entry.item for entry in live])
+            started = time.perf_counter()
+            pooled = await loop.run_in_executor(self._device, self.family.run, batch)
+            finished = time.perf_counter()
+        except Exception as exc:  # isolate: split until the failing item is alone
+            if len(live) > 1:
+                if _is_out_of_memory(exc):
+                    log.warning("out of memory on a batch of %d; splitting it", len(live))
+                    _empty_device_cache()
+                else:
+                    log.warning("a batch of %d failed (%s); retrying in halves", len(live), type(exc).__name__)
+                middle = len(live) // 2
+                await self._execute(live[:middle])
+                await self._execute(live[middle:])
+                return
+            self.consecutive_failures += 1
+            self._fail(live[0], exc)
+            return
+        self.batches_run += 1
+        self.consecutive_failures = 0
+        inference_ms = (finished - started) * 1000
+        for index, entry in enumerate(live):
+            if not entry.future.done():
+                queue_ms = (started - entry.queued_at) * 1000
+                entry.future.set_result((pooled[index], batch.token_counts[index], queue_ms, inference_ms))
+
+    def _fail(self, entry: _Entry, exc: Exception) -> None:
+        if entry.future.done():
+            return
+        if isinstance(exc, ApiError):
+            error = exc
+        elif _is_out_of_memory(exc):
+            _empty_device_cache()
+            error = ApiError(
+                ErrorKind.ITEM_TOO_LARGE,
+                "this input alone does not fit in the device's memory; send a smaller image, fewer frames or "
+                "shorter text",
+            )
+        else:
+            log.error("embedding an item failed", exc_info=exc)
+            error = ApiError(ErrorKind.INTERNAL, f"embedding failed: {type(exc).__name__}")
+        entry.future.set_exception(error)
+
+
+def _empty_device_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,77 @@
+"""The seam between the engine and a model family.
+
+A family turns items into vectors in three verbs: `prepare` (CPU: resize, template, tokenise; per item, then
+`collate` per batch), `run` (device: forward pass and pooling, one copy back to the host) and `finish` (host:
+MRL truncation and normalisation). The engine knows only this protocol, so other families (text-only embedders,
+SigLIP-style dual encoders) plug in without touching the engine or the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from embedding_api.items import Item
+
+
+@dataclass
+class PreparedItem:
+    """An item after per-item CPU work, with the cost the batcher budgets by."""
+
+    payload: Any
+    tokens: int
+    pixels: int = 0
+    modalities: tuple[str, ...] = ()
+
+
+@dataclass
+class Batch:
+    """Device-ready inputs for several prepared items."""
+
+    tensors: dict[str, Any]
+    token_counts: list[int]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class EmbeddingFamily(Protocol):
+    """What the engine needs from a model family."""
+
+    name: str
+    dimension: int
+    device: str
+    dtype: str
+
+    def prepare(self, item: Item) -> PreparedItem:
+        """CPU, per item: validate, resize, render the prompt, count tokens. Raises ApiError for bad input."""
+        ...
+
+    def collate(self, items: list[PreparedItem]) -> Batch:
+        """CPU, per batch: pad and tensorise."""
+        ...
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """Device: forward pass and pooling; returns float32 (n, dimension) on the host."""
+        ...
+
+    def finish(self, pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+        """Host: truncate and normalise pooled vectors."""
+        ...
+
+
+def l2_normalize(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
+def finish_vectors(pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Matryoshka truncation: normalise, keep the first `dimensions`, normalise again."""
+    vectors = pooled.astype(np.float32, copy=False)
+    if normalize:
+        vectors = l2_normalize(vectors)
+    if dimensions is not None and dimensions < vectors.shape[1]:
+        vectors = vectors[:, :dimensions]
+        if normalize:
+            vectors = l2_normalize(vectors)
+    return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,260 @@
+"""Qwen3-VL-Embedding, following shared/docs/model-recipe.md.
+
+One item is a two-message chat (system = instruction, user = videos, images, texts), rendered with the
+checkpoint's own chat template and generation prompt, padded on the right; the vector is the hidden state of the
+last real token, L2-normalised, optionally truncated (MRL) and normalised again.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.families import qwen_vision as vision
+from embedding_api.families.base import Batch, PreparedItem, finish_vectors
+from embedding_api.items import Item, VideoClip
+
+log = logging.getLogger(__name__)
+
+EMPTY_ITEM_TEXT = "NULL"
+# Text tokens cut per step beyond the computed overflow, so re-tokenisation at the cut cannot leave it over.
+_CUT_SLACK = 8
+
+
+@dataclass(frozen=True)
+class VisionLimits:
+    """Image sizing knobs (pixels) and the optional operator caps applied before smart resize."""
+
+    min_pixels: int = 4 * 32 * 32
+    max_pixels: int = 1800 * 32 * 32
+    max_image_size: int | None = None
+    max_image_width: int | None = None
+    max_image_height: int | None = None
+
+
+@dataclass
+class _Prompt:
+    """A rendered item: the prompt text plus the visual inputs it refers to, in prompt order."""
+
+    text: str
+    images: list[Image.Image] = field(default_factory=list)
+    videos: list[list[Image.Image]] = field(default_factory=list)
+    video_metadata: list[dict[str, Any]] = field(default_factory=list)
+
+
+def with_final_punctuation(instruction: str) -> str:
+    """The recipe appends a full stop when the instruction does not end in punctuation."""
+    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+        return instruction + "."
+    return instruction
+
+
+class Qwen3VLFamily:
+    """The adapter: prepare on CPU, run on the device, finish on the host."""
+
+    name = "qwen3_vl"
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        device: torch.device,
+        default_instruction: str,
+        max_length: int,
+        limits: VisionLimits,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "right"
+        self.torch_device = device
+        self.device = str(device)
+        self.model_dtype: torch.dtype = next(model.parameters()).dtype
+        self.dtype = str(self.model_dtype).removeprefix("torch.")
+        self.dimension = int(model.config.text_config.hidden_size)
+        self.default_instruction = default_instruction
+        self.max_length = max_length
+        self.limits = limits
+        image_processor = processor.image_processor
+        self.patch_factor = int(image_processor.patch_size) * int(image_processor.merge_size)
+        video_processor = processor.video_processor
+        self.video_factor = int(video_processor.patch_size) * int(video_processor.merge_size)
+        self.temporal_patch = int(video_processor.temporal_patch_size)
+        self.pin_memory = device.type == "cuda"
+
+    # ---- prepare (CPU, per item) -------------------------------------------------------------------------
+
+    def prepare(self, item: Item) -> PreparedItem:
+        images = [self._resize_image(image) for image in item.images]
+        videos = [self._prepare_video(clip) for clip in item.videos]
+        texts = list(item.texts)
+        instruction = with_final_punctuation(item.instruction or self.default_instruction)
+        tokens = self._count_tokens(instruction, texts, images, videos)
+        if tokens > self.max_length:
+            texts, tokens = self._shorten(instruction, texts, images, videos, tokens)
+        prompt = _Prompt(
+            text=self._render(instruction, texts, len(images), len(videos)),
+            images=images,
+            videos=[frames for frames, _ in videos],
+            video_metadata=[meta for _, meta in videos],
+        )
+        pixels = sum(im.width * im.height for im in images)
+        pixels += sum(frames[0].width * frames[0].height * len(frames) for frames, _ in videos)
+        return PreparedItem(payload=prompt, tokens=tokens, pixels=pixels, modalities=item.modalities)
+
+    def _resize_image(self, image: Image.Image) -> Image.Image:
+        limits = self.limits
+        scale = vision.cap_size(
+            image.width, image.height, limits.max_image_size, limits.max_image_width, limits.max_image_height
+        )
+        if scale < 1.0:
+            image = image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+            )
+        height, width = vision.smart_resize(
+            image.height, image.width, self.patch_factor, limits.min_pixels, limits.max_pixels
+        )
+        return vision.resize_to(image, height, width)
+
+    def _prepare_video(self, clip: VideoClip) -> tuple[list[Image.Image], dict[str, Any]]:
+        if not clip.frames:
+            raise ApiError(ErrorKind.MEDIA_DECODE, "video has no frames")
+        positions = vision.sample_frame_positions(len(clip.frames))
+        frames = vision.pad_to_even([clip.frames[p] for p in positions])
+        if clip.frame_indices is not None:
+            indices = [clip.frame_indices[p] for p in positions]
+            indices += [indices[-1]] * (len(frames) - len(indices))
+        else:
+            indices = list(range(len(frames)))
+        min_pixels, max_pixels = vision.frame_pixel_bounds(len(frames))
+        first = frames[0]
+        height, width = vision.smart_resize(first.height, first.width, self.video_factor, min_pixels, max_pixels)
+        resized = [vision.resize_to(frame, height, width) for frame in frames]
+        metadata = {"fps": clip.fps, "frames_indices": indices, "total_num_frames": len(resized)}
+        return resized, metadata
+
+    def _render(self, instruction: str, texts: list[str], image_count: int, video_count: int) -> str:
+        content: list[dict[str, str]] = [{"type": "video"} for _ in range(video_count)]
+        content += [{"type": "image"} for _ in range(image_count)]
+        content += [{"type": "text", "text": text} for text in texts]
+        if not content:
+            content = [{"type": "text", "text": EMPTY_ITEM_TEXT}]
+        conversation = [
+            {"role": "system", "content": [{"type": "text", "text": instruction}]},
+            {"role": "user", "content": content},
+        ]
+        rendered = self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return str(rendered)
+
+    def _visual_tokens(self, height: int, width: int, factor: int) -> int:
+        return (height // factor) * (width // factor)
+
+    def _count_tokens(
+        self,
+        instruction: str,
+        texts: list[str],
+        images: list[Image.Image],
+        videos: list[tuple[list[Image.Image], dict[str, Any]]],
+    ) -> int:
+        """Tokens the model will see: the rendered prompt with each placeholder expanded as the processor does."""
+        prompt = self._render(instruction, texts, len(images), len(videos))
+        count = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        for image in images:
+            count += self._visual_tokens(image.height, image.width, self.patch_factor) - 1
+        for frames, metadata in videos:
+            groups = len(frames) // self.temporal_patch
+            per_group = self._visual_tokens(frames[0].height, frames[0].width, self.video_factor)
+            stamps = "".join(f"<{t:.1f} seconds>" for t in self._timestamps(metadata))
+            stamp_tokens = len(self.tokenizer(stamps, add_special_tokens=False)["input_ids"])
+            # the template's start/pad/end triple becomes, per frame group, stamp + start + pads + end
+            count += stamp_tokens + groups * (per_group + 2) - 3
+        return count
+
+    def _timestamps(self, metadata: dict[str, Any]) -> list[float]:
+        indices = metadata["frames_indices"]
+        fps = metadata["fps"]
+        step = self.temporal_patch
+        return [(indices[i] + indices[i + step - 1]) / 2 / fps for i in range(0, len(indices), step)]
+
+    def _shorten(
+        self,
+        instruction: str,
+        texts: list[str],
+        images: list[Image.Image],
+        videos: list[tuple[list[Image.Image], dict[str, Any]]],
+        tokens: int,
+    ) -> tuple[list[str], int]:
+        """Cut the user's text from its end so the whole template still fits (the pooled token stays the last)."""
+        texts = list(texts)
+        while tokens > self.max_length:
+            overflow = tokens - self.max_length + _CUT_SLACK
+            position = max((i for i, text in enumerate(texts) if text), default=None)
+            if position is None:
+                raise ApiError(
+                    ErrorKind.ITEM_TOO_LARGE,
+                    f"input needs {tokens} tokens without any text, above MAX_LENGTH={self.max_length}; "
+                    "send smaller or fewer images or video frames",
+                )
+            ids = self.tokenizer(texts[position], add_special_tokens=False)["input_ids"]
+            keep = max(0, len(ids) - overflow)
+            texts[position] = self.tokenizer.decode(ids[:keep]) if keep else ""
+            tokens = self._count_tokens(instruction, texts, images, videos)
+        return texts, tokens
+
+    # ---- collate (CPU, per batch) ------------------------------------------------------------------------
+
+    def collate(self, items: list[PreparedItem]) -> Batch:
+        prompts: list[_Prompt] = [item.payload for item in items]
+        kwargs: dict[str, Any] = {
+            "text": [prompt.text for prompt in prompts],
+            "padding": True,
+            "truncation": False,
+            "return_tensors": "pt",
+            "do_resize": False,
+        }
+        images = [image for prompt in prompts for image in prompt.images]
+        if images:
+            kwargs["images"] = images
+        videos = [frames for prompt in prompts for frames in prompt.videos]
+        if videos:
+            kwargs["videos"] = videos
+            kwargs["video_metadata"] = [meta for prompt in prompts for meta in prompt.video_metadata]
+            kwargs["do_sample_frames"] = False
+            kwargs["cap_pixels_per_frame"] = True  # frames are already sized by the recipe; this only quiets a notice
+        encoded = self.processor(**kwargs)
+        tensors = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        if self.pin_memory:
+            tensors = {key: value.pin_memory() for key, value in tensors.items()}
+        counts = [int(n) for n in tensors["attention_mask"].sum(dim=1).tolist()]
+        return Batch(tensors=tensors, token_counts=counts)
+
+    # ---- run (device) ------------------------------------------------------------------------------------
+
+    def run(self, batch: Batch) -> np.ndarray:
+        device = self.torch_device
+        with torch.inference_mode():
+            inputs: dict[str, torch.Tensor] = {}
+            for key, value in batch.tensors.items():
+                value = value.to(device, non_blocking=True)
+                if value.is_floating_point():
+                    value = value.to(self.model_dtype)
+                inputs[key] = value
+            hidden = self.model(**inputs).last_hidden_state
+            mask = inputs["attention_mask"]
+            positions = torch.arange(mask.shape[1], device=device)
+            last = (mask.to(torch.long) * positions).argmax(dim=1)
+            pooled = hidden[torch.arange(hidden.shape[0], device=device), last].float()
+            return pooled.cpu().numpy()  # the batch's one device-to-host copy
+
+    # ---- finish (host) -----------------------------------------------------------------------------------
+
+    def finish(self, pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+        return finish_vectors(pooled, dimensions, normalize)

@@ -1,0 +1,92 @@
+"""Thin handlers: parse, call the service, shape the answer."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.request_body import openapi_body, parse_body
+from embedding_api.responses import json_response
+from embedding_api.runtime import Runtime
+from embedding_api.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelCard, ModelList
+from embedding_api.service import EmbeddingService
+
+router = APIRouter()
+_STARTED = int(time.time())
+_ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
+}
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _service(request: Request) -> EmbeddingService:
+    runtime = _runtime(request)
+    if not runtime.ready or runtime.service is None:
+        raise ApiError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", code="model_loading")
+    return runtime.service
+
+
+@router.post(
+    "/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS, openapi_extra=openapi_body(EmbeddingRequest)
+)
+async def create_embeddings(request: Request) -> Response:
+    started = time.perf_counter()
+    service = _service(request)
+    body = parse_body(await request.body(), EmbeddingRequest)
+    answer = await service.embed(body)
+    total_ms = (time.perf_counter() - started) * 1000
+    headers = {
+        "x-queue-time": f"{answer.queue_ms:.2f}",
+        "x-inference-time": f"{answer.inference_ms:.2f}",
+        "x-total-time": f"{total_ms:.2f}",
+    }
+    return Response(answer.body, media_type="application/json", headers=headers)
+
+
+def _model_card(runtime: Runtime) -> ModelCard:
+    return ModelCard(id=runtime.settings.model_name, created=_STARTED)
+
+
+@router.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[_model_card(_runtime(request))])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=_ERRORS)
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    runtime = _runtime(request)
+    if model_id != runtime.settings.model_name:
+        raise ApiError(
+            ErrorKind.MODEL_NOT_FOUND,
+            f"model {model_id!r} is not served here; this server serves {runtime.settings.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+    return _model_card(runtime)
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+async def health(request: Request) -> Response:
+    runtime = _runtime(request)
+    settings = runtime.settings
+    family = runtime.family
+    payload = Health(
+        status="ok" if runtime.ready else ("error" if runtime.status == "error" else "loading"),
+        model=settings.model_name,
+        model_path=settings.model_path,
+        device=family.device if family else None,
+        cuda_available=torch.cuda.is_available(),
+        embedding_dimension=settings.embedding_dimension or (family.dimension if family else None),
+        max_image_width=settings.max_image_width or settings.max_image_size,
+        max_image_height=settings.max_image_height or settings.max_image_size,
+        detail=runtime.detail,
+    )
+    return json_response(payload.model_dump(), 200 if runtime.ready else 503)

@@ -1,0 +1,88 @@
+"""What the app holds while it runs: the loading state, the engine and the embeddings service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from embedding_api.engine import Budget, Engine
+from embedding_api.families.base import EmbeddingFamily
+from embedding_api.items import Item
+from embedding_api.loader import ModelUnavailable, load_family
+from embedding_api.media import MediaLimits, MediaResolver
+from embedding_api.service import EmbeddingService
+from embedding_api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FamilyLoader = Callable[[Settings], EmbeddingFamily]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    loader: FamilyLoader = load_family
+    on_fatal: Callable[[str], None] | None = None
+    status: str = "loading"
+    detail: str | None = None
+    family: EmbeddingFamily | None = None
+    engine: Engine | None = None
+    service: EmbeddingService | None = None
+    client: httpx.AsyncClient | None = None
+    _load_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ok" and self.service is not None
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            fetch_timeout=self.settings.image_fetch_timeout,
+            max_bytes=self.settings.max_image_bytes,
+            max_video_frames=self.settings.max_video_frames,
+        )
+
+    async def start(self) -> None:
+        """Open the HTTP client and load the model in the background, so /health can answer 503 meanwhile."""
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.image_fetch_timeout))
+        self._load_task = asyncio.get_running_loop().create_task(self._load())
+
+    async def _load(self) -> None:
+        settings = self.settings
+        try:
+            family = await asyncio.to_thread(self.loader, settings)
+        except ModelUnavailable as exc:
+            self._fail(str(exc))
+            return
+        except Exception as exc:  # a corrupt checkpoint or a wrong DEVICE: say it in one line
+            self._fail(f"loading the model from MODEL_PATH={settings.model_path} failed: {exc}")
+            return
+        budget = Budget(settings.max_batch_tokens, settings.max_batch_pixels, settings.max_batch_size)
+        engine = Engine(family, budget)
+        engine.start()
+        assert self.client is not None
+        service = EmbeddingService(settings, engine, MediaResolver(self.client, self.media_limits()))
+        prepared = await engine.prepare([Item(texts=["warm up"])])
+        await engine.embed(prepared)
+        self.family, self.engine, self.service = family, engine, service
+        self.status = "ok"
+        log.info("ready: serving %s on %s", settings.model_name, family.device)
+
+    def _fail(self, message: str) -> None:
+        self.status = "error"
+        self.detail = message
+        log.error(message)
+        if self.on_fatal is not None:
+            self.on_fatal(message)
+
+    async def stop(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self.engine is not None:
+            await self.engine.stop()
+        if self.client is not None:
+            await self.client.aclose()

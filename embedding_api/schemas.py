@@ -1,0 +1,81 @@
+"""OpenAI-shaped request and response models (what the OpenAPI schema shows)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EmbeddingRequest(BaseModel):
+    """`POST /v1/embeddings`: OpenAI's fields plus `instruction` and `normalize`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[Any] | dict[str, Any] = Field(
+        description=(
+            "A string, an array of strings, or items: {type: text|image|image_url|video|video_url, ...}, "
+            "a fused array of parts, or {content: [parts], instruction}. One vector per top-level element."
+        )
+    )
+    model: str | None = Field(None, description="Must be the served model's name; omitted = the served model.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: JSON numbers; base64: little-endian float32 bytes."
+    )
+    dimensions: int | None = Field(None, description="Output size (1..model size): truncated, then re-normalised.")
+    user: str | None = Field(None, description="Accepted and ignored.")
+    instruction: str | None = Field(None, description="Task instruction for every item that carries none.")
+    normalize: bool = Field(True, description="L2-normalise the vectors.")
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "embedding_api"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "error"]
+    model: str
+    model_path: str
+    device: str | None
+    cuda_available: bool
+    embedding_dimension: int | None
+    max_image_width: int | None
+    max_image_height: int | None
+    detail: str | None = None

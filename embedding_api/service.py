@@ -1,0 +1,80 @@
+"""The embeddings use case: validate, resolve media, batch through the engine, shape the answer. No HTTP here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedding_api.encoding import embeddings_response
+from embedding_api.engine import Engine
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.inputs import ItemSpec, parse_input
+from embedding_api.media import MediaResolver
+from embedding_api.schemas import EmbeddingRequest
+from embedding_api.settings import Settings
+
+
+@dataclass
+class EmbeddingAnswer:
+    body: bytes
+    item_count: int
+    tokens: int
+    queue_ms: float
+    inference_ms: float
+
+
+class EmbeddingService:
+    def __init__(self, settings: Settings, engine: Engine, resolver: MediaResolver) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.resolver = resolver
+        self.dimension = engine.family.dimension
+
+    def output_dimension(self, requested: int | None) -> int | None:
+        """The MRL size to cut to, or None for the model's full size."""
+        size = requested if requested is not None else self.settings.embedding_dimension
+        if size is None:
+            return None
+        if not 1 <= size <= self.dimension:
+            raise ApiError(
+                ErrorKind.INVALID_REQUEST,
+                f"dimensions must be between 1 and {self.dimension} for this model, got {size}",
+                param="dimensions",
+            )
+        return size if size < self.dimension else None
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.settings.model_name:
+            raise ApiError(
+                ErrorKind.MODEL_NOT_FOUND,
+                f"model {model!r} is not served here; this server serves {self.settings.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
+        self.check_model(request.model)
+        dimensions = self.output_dimension(request.dimensions)
+        specs: list[ItemSpec] = parse_input(request.input, max_items=self.settings.max_inputs_per_request)
+        items = await self.resolver.resolve(specs)
+        for item in items:
+            if item.instruction is None:
+                item.instruction = request.instruction or None
+        try:
+            prepared = await self.engine.prepare(items)
+            result = await self.engine.embed(prepared)
+        except ApiError as error:
+            if error.param is None and error.item_index is not None:
+                error.param = specs[error.item_index].param
+                error.message = f"{error.param}: {error.message}"
+            raise
+        vectors = self.engine.family.finish(result.pooled, dimensions, request.normalize)
+        body = embeddings_response(
+            vectors, encoding_format=request.encoding_format, model=self.settings.model_name, prompt_tokens=result.tokens
+        )
+        return EmbeddingAnswer(
+            body=body,
+            item_count=len(items),
+            tokens=result.tokens,
+            queue_ms=result.queue_ms,
+            inference_ms=result.inference_ms,
+        )

@@ -1,0 +1,65 @@
+"""The one settings class: read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_PATH = "Qwen/Qwen3-VL-Embedding-2B"
+DEFAULT_INSTRUCTION = "Represent the user's input."
+
+
+class Settings(BaseSettings):
+    """Every knob of the server; each has a default and a one-line description."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Server
+    api_key: str = Field("", description="API key, or several separated by commas; empty turns auth off.")
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(6008, ge=1, le=65535, description="Port to listen on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    # Model
+    model_name: str = Field("Qwen3-VL-Embedding-2B", description="The model name clients must send.")
+    model_path: str = Field(DEFAULT_MODEL_PATH, description="A local folder with the weights, or a hub id.")
+    device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    embedding_dimension: int | None = Field(
+        None, ge=1, description="Default output size; empty = the model's own (read from its config)."
+    )
+    max_length: int = Field(8192, ge=16, description="Most tokens per input; longer text is shortened to fit.")
+    min_pixels: int = Field(4 * 32 * 32, ge=1, description="Smallest image area after resizing (pixels).")
+    max_pixels: int = Field(1800 * 32 * 32, ge=1, description="Largest image area after resizing (pixels).")
+    max_image_size: int | None = Field(
+        None, ge=32, description="Optional cap on an image's longer side before resizing (off = reference vectors)."
+    )
+    max_image_width: int | None = Field(None, ge=32, description="Optional cap on image width (off by default).")
+    max_image_height: int | None = Field(None, ge=32, description="Optional cap on image height (off by default).")
+    default_instruction: str = Field(DEFAULT_INSTRUCTION, description="Instruction used when a request gives none.")
+
+    # Limits
+    max_inputs_per_request: int = Field(2048, ge=1, description="Most items in one request's `input`.")
+    image_fetch_timeout: float = Field(10.0, gt=0, description="Seconds allowed to download one image or video.")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image or video download (bytes).")
+    max_video_frames: int = Field(64, ge=2, description="Most frames sampled from one video.")
+
+    # Batching
+    max_batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass.")
+    max_batch_pixels: int = Field(8 * 1800 * 32 * 32, ge=4096, description="Pixel budget of one forward pass.")
+    max_batch_size: int = Field(64, ge=1, description="Most items in one forward pass.")
+
+    @field_validator("embedding_dimension", "max_image_size", "max_image_width", "max_image_height", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def api_keys(self) -> tuple[str, ...]:
+        """The configured keys, blanks dropped."""
+        return tuple(key.strip() for key in self.api_key.split(",") if key.strip())

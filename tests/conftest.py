@@ -1,0 +1,188 @@
+"""Shared fixtures: the tiny offline checkpoint (built once per session), apps, a live server, an image server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from embedding_api.app import create_app
+from embedding_api.families.base import EmbeddingFamily
+from embedding_api.loader import load_family
+from embedding_api.settings import Settings
+from embedding_api.tiny_checkpoint import TinySpec, build_tiny_checkpoint
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"), TinySpec())
+
+
+def make_settings(model_dir: Path | str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "model_path": str(model_dir),
+        "api_key": API_KEY,
+        "device": "cpu",
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tiny_model_dir: Path) -> EmbeddingFamily:
+    return load_family(make_settings(tiny_model_dir))
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the app did not become ready")
+
+
+@pytest.fixture
+def make_client(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> Iterator[Callable[..., TestClient]]:
+    """A TestClient over the real tiny model; keyword arguments override settings."""
+    opened: list[TestClient] = []
+
+    def factory(**overrides: Any) -> TestClient:
+        settings = make_settings(tiny_model_dir, **overrides)
+        client = TestClient(create_app(settings, loader=lambda _: tiny_family))
+        client.__enter__()
+        opened.append(client)
+        wait_ready(client)
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        return client
+
+    yield factory
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, settings: Settings, family: EmbeddingFamily) -> None:
+        self.port = free_port()
+        self.app = create_app(settings, loader=lambda _: family)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the live server did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> Iterator[LiveServer]:
+    with LiveServer(make_settings(tiny_model_dir), tiny_family) as server:
+        yield server
+
+
+# ---- images ---------------------------------------------------------------------------------------------------
+
+
+def make_image(width: int = 64, height: int = 48, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    pixels = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype("uint8")
+    image = Image.fromarray(pixels, "RGB")
+    return image if mode == "RGB" else image.convert(mode)
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{b64(data)}"
+
+
+class MediaServer:
+    """A local HTTP server on 127.0.0.1 serving registered paths; counts hits."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, bytes, str]] = {}
+        self.hits: dict[str, int] = {}
+        routes, hits = self.routes, self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits[self.path] = hits.get(self.path, 0) + 1
+                status, body, mime = routes.get(self.path, (404, b"not found", "text/plain"))
+                self.send_response(status)
+                self.send_header("Content-Type", mime)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, path: str, body: bytes, mime: str = "image/png", status: int = 200) -> str:
+        self.routes[path] = (status, body, mime)
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def media_server() -> Iterator[MediaServer]:
+    server = MediaServer()
+    yield server
+    server.close()
