@@ -399,7 +399,7 @@ def build_tiny_checkpoint(out_dir: str | Path, spec: TinySpec = TinySpec()) -> P
         size={"shortest_edge": 4 * 32 * 32, "longest_edge": 1800 * 32 * 32},
     )
     video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
-    processor = Qwen3VLProcessor(  # type: ignore[no-untyped-call]
+    processor = Qwen3VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,

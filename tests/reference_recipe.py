@@ -122,9 +122,7 @@ def prepare_video(frames: list[Image.Image]) -> torch.Tensor:
         min(VIDEO_FRAME_MAX_PIXELS, VIDEO_TOTAL_PIXELS / n_frames * 2),
         int(VIDEO_FRAME_MIN_PIXELS * 1.05),
     )
-    height, width = smart_resize(
-        video.shape[2], video.shape[3], VIDEO_FRAME_MIN_PIXELS, max_pixels
-    )
+    height, width = smart_resize(video.shape[2], video.shape[3], VIDEO_FRAME_MIN_PIXELS, max_pixels)
     resized = tvf.resize(
         video,
         [height, width],
@@ -156,9 +154,7 @@ def reference_embed(
 
     vectors: list[torch.Tensor] = []
     for item in items:
-        prompt = processor.apply_chat_template(
-            build_conversation(item), add_generation_prompt=True, tokenize=False
-        )
+        prompt = processor.apply_chat_template(build_conversation(item), add_generation_prompt=True, tokenize=False)
         videos = [prepare_video(frames) for frames in item.videos]
         images = [prepare_image(image) for image in item.images]
         metadata = [
@@ -187,7 +183,8 @@ def reference_embed(
         pooled = last_token_pool(output.last_hidden_state, inputs["attention_mask"])[0]
         vectors.append(pooled.float())
 
-    result = torch.stack(vectors) if vectors else torch.zeros((0, model.config.text_config.hidden_size))
+    hidden_size = int(model.config.text_config.hidden_size)
+    result = torch.stack(vectors) if vectors else torch.zeros((0, hidden_size))
     if normalize:
         result = torch.nn.functional.normalize(result, p=2, dim=-1)
     if dimensions is not None:
@@ -196,4 +193,5 @@ def reference_embed(
         result = result[:, :dimensions]
         if normalize:
             result = torch.nn.functional.normalize(result, p=2, dim=-1)
-    return result.numpy().astype(np.float32)
+    array: np.ndarray = result.numpy().astype(np.float32)
+    return array

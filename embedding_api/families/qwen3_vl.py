@@ -45,7 +45,7 @@ class _Prompt:
 
     text: str
     images: list[Image.Image] = field(default_factory=list)
-    videos: list[list[Image.Image]] = field(default_factory=list)
+    videos: list[torch.Tensor] = field(default_factory=list)
     video_metadata: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -107,7 +107,7 @@ class Qwen3VLFamily:
             video_metadata=[meta for _, meta in videos],
         )
         pixels = sum(im.width * im.height for im in images)
-        pixels += sum(frames[0].width * frames[0].height * len(frames) for frames, _ in videos)
+        pixels += sum(int(frames.shape[0] * frames.shape[2] * frames.shape[3]) for frames, _ in videos)
         return PreparedItem(payload=prompt, tokens=tokens, pixels=pixels, modalities=item.modalities)
 
     def _resize_image(self, image: Image.Image) -> Image.Image:
@@ -124,7 +124,7 @@ class Qwen3VLFamily:
         )
         return vision.resize_to(image, height, width)
 
-    def _prepare_video(self, clip: VideoClip) -> tuple[list[Image.Image], dict[str, Any]]:
+    def _prepare_video(self, clip: VideoClip) -> tuple[torch.Tensor, dict[str, Any]]:
         if not clip.frames:
             raise ApiError(ErrorKind.MEDIA_DECODE, "video has no frames")
         positions = vision.sample_frame_positions(len(clip.frames))
@@ -137,9 +137,8 @@ class Qwen3VLFamily:
         min_pixels, max_pixels = vision.frame_pixel_bounds(len(frames))
         first = frames[0]
         height, width = vision.smart_resize(first.height, first.width, self.video_factor, min_pixels, max_pixels)
-        resized = [vision.resize_to(frame, height, width) for frame in frames]
-        metadata = {"fps": clip.fps, "frames_indices": indices, "total_num_frames": len(resized)}
-        return resized, metadata
+        metadata = {"fps": clip.fps, "frames_indices": indices, "total_num_frames": len(frames)}
+        return vision.resize_frames(frames, height, width), metadata
 
     def _render(self, instruction: str, texts: list[str], image_count: int, video_count: int) -> str:
         content: list[dict[str, str]] = [{"type": "video"} for _ in range(video_count)]
@@ -162,7 +161,7 @@ class Qwen3VLFamily:
         instruction: str,
         texts: list[str],
         images: list[Image.Image],
-        videos: list[tuple[list[Image.Image], dict[str, Any]]],
+        videos: list[tuple[torch.Tensor, dict[str, Any]]],
     ) -> int:
         """Tokens the model will see: the rendered prompt with each placeholder expanded as the processor does."""
         prompt = self._render(instruction, texts, len(images), len(videos))
@@ -170,8 +169,8 @@ class Qwen3VLFamily:
         for image in images:
             count += self._visual_tokens(image.height, image.width, self.patch_factor) - 1
         for frames, metadata in videos:
-            groups = len(frames) // self.temporal_patch
-            per_group = self._visual_tokens(frames[0].height, frames[0].width, self.video_factor)
+            groups = int(frames.shape[0]) // self.temporal_patch
+            per_group = self._visual_tokens(int(frames.shape[2]), int(frames.shape[3]), self.video_factor)
             stamps = "".join(f"<{t:.1f} seconds>" for t in self._timestamps(metadata))
             stamp_tokens = len(self.tokenizer(stamps, add_special_tokens=False)["input_ids"])
             # the template's start/pad/end triple becomes, per frame group, stamp + start + pads + end
@@ -189,7 +188,7 @@ class Qwen3VLFamily:
         instruction: str,
         texts: list[str],
         images: list[Image.Image],
-        videos: list[tuple[list[Image.Image], dict[str, Any]]],
+        videos: list[tuple[torch.Tensor, dict[str, Any]]],
         tokens: int,
     ) -> tuple[list[str], int]:
         """Cut the user's text from its end so the whole template still fits (the pooled token stays the last)."""

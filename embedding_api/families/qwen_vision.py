@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as tvf
 
 from embedding_api.errors import ApiError, ErrorKind
 
@@ -75,3 +77,12 @@ def frame_pixel_bounds(frame_count: int) -> tuple[int, int]:
     """Per-frame pixel range for a video of `frame_count` frames, sharing the total budget."""
     upper = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / frame_count * FRAME_FACTOR), int(VIDEO_MIN_PIXELS * 1.05))
     return VIDEO_MIN_PIXELS, int(upper)
+
+
+def resize_frames(frames: list[Image.Image], height: int, width: int) -> torch.Tensor:
+    """Frames as one uint8 (T, C, H, W) tensor, each resized bicubic with antialiasing, as video pipelines do."""
+    resized = []
+    for frame in frames:
+        tensor = torch.from_numpy(np.array(frame.convert("RGB"))).permute(2, 0, 1).contiguous()
+        resized.append(tvf.resize(tensor, [height, width], interpolation=tvf.InterpolationMode.BICUBIC, antialias=True))
+    return torch.stack(resized)

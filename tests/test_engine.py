@@ -1,0 +1,253 @@
+"""The shared batcher: order, budgets, cancellation, back-pressure, OOM splitting, mixed modalities."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from embedding_api.engine import Budget, Engine
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem
+from embedding_api.items import Item, VideoClip
+from tests.conftest import make_image
+
+
+class RecordingFamily:
+    """Wraps the real adapter, records batch sizes, and can fail batches on demand."""
+
+    def __init__(self, inner: EmbeddingFamily, *, oom_above: int | None = None, gate: threading.Event | None = None):
+        self.inner = inner
+        self.name = inner.name
+        self.dimension = inner.dimension
+        self.device = inner.device
+        self.dtype = inner.dtype
+        self.oom_above = oom_above
+        self.gate = gate
+        self.batch_sizes: list[int] = []
+        self.poison: set[str] = set()
+
+    def prepare(self, item: Item) -> PreparedItem:
+        return self.inner.prepare(item)
+
+    def collate(self, items: list[PreparedItem]) -> Batch:
+        batch = self.inner.collate(items)
+        batch.extras["texts"] = [item.payload.text for item in items]
+        return batch
+
+    def run(self, batch: Batch) -> np.ndarray:
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        size = len(batch.token_counts)
+        if self.oom_above is not None and size > self.oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        if any(word in text for text in batch.extras["texts"] for word in self.poison):
+            raise RuntimeError("device fault (simulated)")
+        self.batch_sizes.append(size)
+        return self.inner.run(batch)
+
+    def finish(self, pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+        return self.inner.finish(pooled, dimensions, normalize)
+
+
+def texts(*values: str) -> list[Item]:
+    return [Item(texts=[value]) for value in values]
+
+
+async def _embed_alone(engine: Engine, items: list[Item]) -> np.ndarray:
+    rows = []
+    for item in items:
+        prepared = await engine.prepare([item])
+        rows.append((await engine.embed(prepared)).pooled[0])
+    return np.stack(rows)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_batches_and_keep_their_order(tiny_family: EmbeddingFamily) -> None:
+    family = RecordingFamily(tiny_family)
+    requests = [texts(*(f"request {r} item {i} " + "word " * (i * 3) for i in range(5))) for r in range(8)]
+
+    async def scenario() -> tuple[list[np.ndarray], np.ndarray]:
+        engine = Engine(family, Budget(max_tokens=100_000, max_items=64))
+        engine.start()
+        prepared = [await engine.prepare(items) for items in requests]
+        results = await asyncio.gather(*(engine.embed(p) for p in prepared))
+        alone = await _embed_alone(engine, [item for items in requests for item in items])
+        await engine.stop()
+        return [result.pooled for result in results], alone
+
+    together, alone = run(scenario())
+    assert max(family.batch_sizes) > 5, "items of several requests should share a batch"
+    np.testing.assert_allclose(np.concatenate(together), alone, atol=1e-5)
+
+
+def test_budget_limits_batch_size_and_tokens(tiny_family: EmbeddingFamily) -> None:
+    family = RecordingFamily(tiny_family)
+    items = texts(*(f"short text number {i}" for i in range(40)))
+
+    async def scenario() -> list[int]:
+        engine = Engine(family, Budget(max_tokens=100_000, max_items=7))
+        engine.start()
+        prepared = await engine.prepare(items)
+        tokens = max(p.tokens for p in prepared)
+        await engine.embed(prepared)
+        engine.budget = Budget(max_tokens=tokens * 3, max_items=64)
+        family.batch_sizes.clear()
+        await engine.embed(prepared)
+        await engine.stop()
+        return [tokens]
+
+    run(scenario())
+    assert max(family.batch_sizes) <= 3
+    assert sum(family.batch_sizes) == 40
+
+
+def test_cut_sorts_by_length_around_the_oldest(tiny_family: EmbeddingFamily) -> None:
+    engine = Engine(tiny_family, Budget(max_tokens=10_000, max_items=3))
+
+    def entry(tokens: int) -> Any:
+        from embedding_api.engine import _Entry
+
+        loop = asyncio.new_event_loop()
+        return _Entry(PreparedItem(payload=None, tokens=tokens), loop.create_future())
+
+    lengths = [50, 900, 10, 52, 48, 800, 49]
+    engine._pending = [entry(n) for n in lengths]
+    chosen = [e.item.tokens for e in engine._cut()]
+    assert chosen[0] == 50  # the oldest always goes first
+    assert sorted(chosen) == [48, 49, 50] or sorted(chosen) == [49, 50, 52]
+    assert len(engine._pending) == 4
+
+
+def test_simulated_out_of_memory_splits_the_batch(tiny_family: EmbeddingFamily) -> None:
+    family = RecordingFamily(tiny_family, oom_above=2)
+    items = texts(*(f"item {i}" for i in range(8)))
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray]:
+        engine = Engine(family, Budget(max_items=64))
+        engine.start()
+        result = await engine.embed(await engine.prepare(items))
+        alone = await _embed_alone(engine, items)
+        await engine.stop()
+        return result.pooled, alone
+
+    pooled, alone = run(scenario())
+    assert max(family.batch_sizes) <= 2
+    np.testing.assert_allclose(pooled, alone, atol=1e-5)
+
+
+def test_one_item_that_never_fits_fails_only_its_request(tiny_family: EmbeddingFamily) -> None:
+    family = RecordingFamily(tiny_family, oom_above=0)
+
+    async def scenario() -> ApiError:
+        engine = Engine(family)
+        engine.start()
+        with pytest.raises(ApiError) as caught:
+            await engine.embed(await engine.prepare(texts("too big")))
+        family.oom_above = None
+        ok = await engine.embed(await engine.prepare(texts("fine")))
+        assert ok.pooled.shape == (1, family.dimension)
+        await engine.stop()
+        return caught.value
+
+    error = run(scenario())
+    assert error.kind is ErrorKind.ITEM_TOO_LARGE
+    assert error.item_index == 0
+
+
+def test_a_failing_item_is_isolated_from_its_batch_mates(tiny_family: EmbeddingFamily) -> None:
+    family = RecordingFamily(tiny_family)
+    family.poison = {"poison"}
+
+    async def scenario() -> tuple[BaseException | np.ndarray, ...]:
+        engine = Engine(family, Budget(max_items=64))
+        engine.start()
+        good = [await engine.prepare(texts(f"good {i}")) for i in range(3)]
+        bad = await engine.prepare(texts("poison pill"))
+        outcomes = await asyncio.gather(
+            *(engine.embed(p) for p in [*good, bad]), return_exceptions=True
+        )
+        await engine.stop()
+        return tuple(o if isinstance(o, BaseException) else o.pooled for o in outcomes)
+
+    outcomes = run(scenario())
+    assert all(isinstance(o, np.ndarray) for o in outcomes[:3])
+    assert isinstance(outcomes[3], ApiError) and outcomes[3].kind is ErrorKind.INTERNAL
+
+
+def test_queue_bound_answers_overloaded(tiny_family: EmbeddingFamily) -> None:
+    gate = threading.Event()
+    family = RecordingFamily(tiny_family, gate=gate)
+
+    async def scenario() -> ApiError:
+        engine = Engine(family, Budget(max_items=1), max_queued_items=4)
+        engine.start()
+        prepared = await engine.prepare(texts(*(f"t{i}" for i in range(4))))
+        first = asyncio.ensure_future(engine.embed(prepared))
+        await asyncio.sleep(0.1)
+        with pytest.raises(ApiError) as caught:
+            await engine.embed(await engine.prepare(texts(*(f"u{i}" for i in range(3)))))
+        gate.set()
+        await first
+        await engine.stop()
+        return caught.value
+
+    error = run(scenario())
+    assert error.kind is ErrorKind.OVERLOADED
+
+
+def test_cancelled_request_frees_its_queued_items(tiny_family: EmbeddingFamily) -> None:
+    gate = threading.Event()
+    family = RecordingFamily(tiny_family, gate=gate)
+
+    async def scenario() -> tuple[int, int]:
+        engine = Engine(family, Budget(max_items=1))
+        engine.start()
+        blocker = asyncio.ensure_future(engine.embed(await engine.prepare(texts("blocker"))))
+        await asyncio.sleep(0.05)
+        doomed = asyncio.ensure_future(engine.embed(await engine.prepare(texts(*(f"x{i}" for i in range(6))))))
+        await asyncio.sleep(0.05)
+        queued_before = engine.queued_items
+        doomed.cancel()
+        await asyncio.sleep(0.05)
+        queued_after = engine.queued_items
+        gate.set()
+        await blocker
+        await engine.stop()
+        return queued_before, queued_after
+
+    before, after = run(scenario())
+    assert before >= 4
+    assert after == 0
+    assert sum(family.batch_sizes) <= 3  # the cancelled items never reached the device beyond those already cut
+
+
+def test_mixed_modalities_share_one_batch(tiny_family: EmbeddingFamily) -> None:
+    family = RecordingFamily(tiny_family)
+    image = make_image(64, 64, seed=3)
+    frames = [make_image(48, 48, seed=s) for s in range(3)]
+    items = [
+        Item(texts=["plain text"]),
+        Item(images=[image]),
+        Item(texts=["fused"], images=[image]),
+        Item(videos=[VideoClip(frames=frames)]),
+    ]
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray]:
+        engine = Engine(family, Budget(max_tokens=1_000_000, max_items=64))
+        engine.start()
+        together = (await engine.embed(await engine.prepare(items))).pooled
+        alone = await _embed_alone(engine, items)
+        await engine.stop()
+        return together, alone
+
+    together, alone = run(scenario())
+    assert family.batch_sizes[0] == 4
+    np.testing.assert_allclose(together, alone, atol=1e-5)
