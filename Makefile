@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TINY_MODEL := models/tiny-random
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run demo demo-model test lint bench bench-adapter bench-server clean
+.PHONY: help install install-dev run demo demo-model test lint bench bench-adapter clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ lint: install-dev ## ruff and mypy
 	$(VENV)/bin/ruff check embedding_api tests bench
 	$(VENV)/bin/ruff format --check embedding_api tests bench
 	$(VENV)/bin/mypy
+
+bench: install ## throughput: in-process ceiling, this server and the naive server (writes docs/benchmarks.md)
+	$(PY) -m bench.throughput
+
+bench-adapter: install ## only the in-process ceiling of the adapter
+	$(PY) -m bench.throughput --ceiling-only
 
 clean: ## remove caches (keeps .venv and models/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import torch
 from fastapi import APIRouter, Request
@@ -15,11 +18,31 @@ from embedding_api.runtime import Runtime
 from embedding_api.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelCard, ModelList
 from embedding_api.service import EmbeddingService
 
+Result = TypeVar("Result")
 router = APIRouter()
 _STARTED = int(time.time())
 _ERRORS: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
 }
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Coroutine[Any, Any, Result]) -> Result:
+    """Run `work`, cancelling it (and so dropping its queued items) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ApiError(ErrorKind.INVALID_REQUEST, "the client disconnected", code="client_disconnected")
+    return task.result()
 
 
 def _runtime(request: Request) -> Runtime:
@@ -41,7 +64,7 @@ async def create_embeddings(request: Request) -> Response:
     started = time.perf_counter()
     service = _service(request)
     body = parse_body(await request.body(), EmbeddingRequest)
-    answer = await service.embed(body)
+    answer = await until_disconnect(request, service.embed(body))
     total_ms = (time.perf_counter() - started) * 1000
     headers = {
         "x-queue-time": f"{answer.queue_ms:.2f}",

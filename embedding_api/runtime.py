@@ -62,7 +62,7 @@ class Runtime:
             self._fail(f"loading the model from MODEL_PATH={settings.model_path} failed: {exc}")
             return
         budget = Budget(settings.max_batch_tokens, settings.max_batch_pixels, settings.max_batch_size)
-        engine = Engine(family, budget)
+        engine = Engine(family, budget, max_queued_items=settings.max_queued_items)
         engine.start()
         assert self.client is not None
         service = EmbeddingService(settings, engine, MediaResolver(self.client, self.media_limits()))

@@ -28,6 +28,7 @@ class EmbeddingService:
         self.engine = engine
         self.resolver = resolver
         self.dimension = engine.family.dimension
+        self.in_progress = 0
 
     def output_dimension(self, requested: int | None) -> int | None:
         """The MRL size to cut to, or None for the model's full size."""
@@ -52,6 +53,16 @@ class EmbeddingService:
             )
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
+        """One request, bounded by MAX_CONCURRENT_REQUESTS: past it the caller is told to retry at once."""
+        if self.in_progress >= self.settings.max_concurrent_requests:
+            raise ApiError(ErrorKind.OVERLOADED, "the server is busy: too many requests in progress, retry shortly")
+        self.in_progress += 1
+        try:
+            return await self._embed(request)
+        finally:
+            self.in_progress -= 1
+
+    async def _embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
         self.check_model(request.model)
         dimensions = self.output_dimension(request.dimensions)
         specs: list[ItemSpec] = parse_input(request.input, max_items=self.settings.max_inputs_per_request)

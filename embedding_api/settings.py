@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass.")
     max_batch_pixels: int = Field(8 * 1800 * 32 * 32, ge=4096, description="Pixel budget of one forward pass.")
     max_batch_size: int = Field(64, ge=1, description="Most items in one forward pass.")
+    max_queued_items: int = Field(8192, ge=1, description="Most items waiting for the device; past it, 429.")
+    max_concurrent_requests: int = Field(512, ge=1, description="Most embedding requests in progress; past it, 429.")
 
     @field_validator("embedding_dimension", "max_image_size", "max_image_width", "max_image_height", mode="before")
     @classmethod

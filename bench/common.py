@@ -1,0 +1,197 @@
+"""Shared pieces of the benchmarks: checkpoints, inputs, servers, the load generator and the report file."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+from PIL import Image
+
+from embedding_api.tiny_checkpoint import SMALL_SPEC, TinySpec, build_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / "results"
+REPORT = ROOT / "docs" / "benchmarks.md"
+CHECKPOINTS = {"tiny": TinySpec(), "small": SMALL_SPEC}
+
+
+def checkpoint(name: str) -> Path:
+    path = CACHE / f"checkpoint-{name}"
+    if not (path / "config.json").is_file():
+        build_tiny_checkpoint(path, CHECKPOINTS[name])
+    return path
+
+
+def sentence(i: int) -> str:
+    words = ["search", "engine", "vector", "image", "cat", "report", "quarterly", "river", "mountain", "train"]
+    return " ".join(words[(i * 7 + k) % len(words)] for k in range(8 + i % 9))
+
+
+def image_512_base64(seed: int = 0) -> str:
+    pixels = (np.random.default_rng(seed).random((512, 512, 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_section(name: str, text: str) -> None:
+    """Replace the report's section between `<!-- name:start -->` and `<!-- name:end -->` (append if absent)."""
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    current = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n"
+    block = f"<!-- {name}:start -->\n{text.rstrip()}\n<!-- {name}:end -->"
+    pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
+    updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block
+    REPORT.write_text(updated.rstrip() + "\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A server in its own process (so the load generator does not share its interpreter)."""
+
+    def __init__(self, module: list[str], model_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        env = dict(os.environ)
+        env.update(
+            {
+                "MODEL_PATH": str(model_dir),
+                "PORT": str(self.port),
+                "HOST": "127.0.0.1",
+                "API_KEY": "",
+                "LOG_LEVEL": "warning",
+                "DEVICE": env.get("DEVICE", "auto"),
+                "PYTHONPATH": str(ROOT),
+            }
+        )
+        env.update(extra_env or {})
+        self.process = subprocess.Popen(
+            [sys.executable, *module], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerProcess:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode() if self.process.stderr else ''}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    items: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+async def _load(url: str, bodies: list[bytes], items_per_request: int, clients: int, seconds: float) -> LoadResult:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    latencies: list[float] = []
+    errors = 0
+    done_items = 0
+    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+        headers = {"Content-Type": "application/json"}
+        await client.post(f"{url}/v1/embeddings", content=bodies[0], headers=headers)  # warm the connection path
+        stop_at = time.perf_counter() + seconds
+        started = time.perf_counter()
+
+        async def worker(offset: int) -> None:
+            nonlocal errors, done_items
+            k = offset
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                response = await client.post(f"{url}/v1/embeddings", content=bodies[k % len(bodies)], headers=headers)
+                if response.status_code == 200:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    done_items += items_per_request
+                else:
+                    errors += 1
+                k += clients
+
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    return LoadResult(len(latencies), done_items, elapsed, latencies, errors)
+
+
+def run_load(url: str, bodies: list[bytes], items_per_request: int, clients: int, seconds: float) -> LoadResult:
+    return asyncio.run(_load(url, bodies, items_per_request, clients, seconds))
+
+
+def request_bodies(kind: str, count: int = 64) -> tuple[list[bytes], int]:
+    """Request bodies for a scenario, and items per request."""
+    if kind == "text":
+        return [orjson.dumps({"input": sentence(i)}) for i in range(count)], 1
+    if kind == "text32":
+        return [orjson.dumps({"input": [sentence(i * 32 + j) for j in range(32)]}) for i in range(count)], 32
+    if kind == "image":
+        images = [image_512_base64(i) for i in range(4)]
+        return [orjson.dumps({"input": [{"type": "image", "data": images[i % 4]}]}) for i in range(count)], 1
+    if kind == "mix":
+        images = [image_512_base64(i) for i in range(4)]
+        bodies = []
+        for i in range(count):
+            if i % 3 == 0:
+                body = {"input": [{"type": "image", "data": images[i % 4]}]}
+            elif i % 3 == 1:
+                body = {"input": [sentence(i)]}
+            else:
+                body = {"input": [[sentence(i), {"type": "image", "data": images[i % 4]}]]}
+            bodies.append(orjson.dumps(body))
+        return bodies, 1
+    raise ValueError(kind)

@@ -1,0 +1,66 @@
+"""Route behaviour that involves the engine: back-pressure answers, timing headers, client disconnects."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+from fastapi.testclient import TestClient
+
+from embedding_api.families.base import EmbeddingFamily
+from tests.conftest import API_KEY, LiveServer, make_settings
+from tests.test_engine import RecordingFamily
+
+
+def test_timing_headers_are_milliseconds(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", json={"input": ["a", "b"]})
+    assert response.status_code == 200
+    queue, inference, total = (float(response.headers[h]) for h in ("x-queue-time", "x-inference-time", "x-total-time"))
+    assert 0 <= queue <= total and 0 < inference <= total < 60_000
+
+
+def test_full_queue_answers_429_with_retry_after(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_queued_items=2)
+    response = client.post("/v1/embeddings", json={"input": ["a", "b", "c"]})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["type"] == "rate_limit_error"
+    assert client.post("/v1/embeddings", json={"input": ["a", "b"]}).status_code == 200
+
+
+def test_too_many_concurrent_requests_answers_429(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_concurrent_requests=1)
+    service = client.app.state.runtime.service  # type: ignore[attr-defined]
+    service.in_progress = 1  # as if one request were in flight
+    response = client.post("/v1/embeddings", json={"input": "x"})
+    assert response.status_code == 429 and "Retry-After" in response.headers
+    service.in_progress = 0
+    assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+
+
+def test_disconnected_client_frees_its_queued_items(tiny_model_dir: object, tiny_family: EmbeddingFamily) -> None:
+    gate = threading.Event()
+    family = RecordingFamily(tiny_family, gate=gate)
+    gate.set()  # let the warm-up through
+    with LiveServer(make_settings(tiny_model_dir, max_batch_size=1), family) as server:  # type: ignore[arg-type]
+        gate.clear()
+        engine = server.app.state.runtime.engine
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        try:
+            httpx.post(f"{server.url}/v1/embeddings", json={"input": [f"t{i}" for i in range(6)]}, headers=headers,
+                       timeout=0.5)
+        except httpx.TimeoutException:
+            pass
+        deadline = time.monotonic() + 5
+        while engine.queued_items and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.queued_items == 0
+        ran_before = sum(family.batch_sizes)
+        gate.set()
+        ok = httpx.post(f"{server.url}/v1/embeddings", json={"input": "after"}, headers=headers, timeout=30)
+        assert ok.status_code == 200
+        assert np.isfinite(np.array(ok.json()["data"][0]["embedding"])).all()
+        assert sum(family.batch_sizes) - ran_before <= 3  # at most the batches already cut, plus this request
