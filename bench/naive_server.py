@@ -34,7 +34,9 @@ def create_naive_app(settings: Settings) -> FastAPI:
         batch = family.collate(prepared)
         vectors = family.finish(family.run(batch), request.dimensions, request.normalize)
         return embeddings_response(
-            vectors, encoding_format=request.encoding_format, model=settings.model_name,
+            vectors,
+            encoding_format=request.encoding_format,
+            model=settings.model_name,
             prompt_tokens=sum(batch.token_counts),
         )
 

@@ -16,9 +16,7 @@ def to_base64(vector: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(vector, dtype=_LITTLE_ENDIAN_F32).tobytes()).decode("ascii")
 
 
-def embeddings_response(
-    vectors: np.ndarray, *, encoding_format: str, model: str, prompt_tokens: int
-) -> bytes:
+def embeddings_response(vectors: np.ndarray, *, encoding_format: str, model: str, prompt_tokens: int) -> bytes:
     """The whole OpenAI embeddings response as JSON bytes."""
     matrix = np.ascontiguousarray(vectors, dtype=np.float32)
     data: list[dict[str, Any]] = []

@@ -9,6 +9,7 @@ own future, so one request's items may span batches and one batch may serve many
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -88,10 +89,8 @@ class Engine:
     async def stop(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-            except asyncio.CancelledError:
-                pass
             self._loop_task = None
         for entry in self._pending:
             if not entry.future.done():
@@ -133,9 +132,9 @@ class Engine:
             results = await asyncio.gather(*(entry.future for entry in entries))
         except BaseException as exc:
             for index, entry in enumerate(entries):
-                if isinstance(exc, ApiError) and entry.future.done():
-                    if not entry.future.cancelled() and entry.future.exception() is exc:
-                        exc.item_index = index
+                failed_here = entry.future.done() and not entry.future.cancelled() and entry.future.exception() is exc
+                if isinstance(exc, ApiError) and failed_here:
+                    exc.item_index = index
                 entry.future.cancel()
             self._pending = [entry for entry in self._pending if not entry.future.done()]
             raise

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     """What went wrong, independent of HTTP."""
 
     INVALID_REQUEST = "invalid_request"

@@ -55,7 +55,9 @@ def _invalid(message: str, param: str) -> ApiError:
 
 
 def _is_token_ids(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    return (
+        isinstance(value, list) and bool(value) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    )
 
 
 def parse_input(raw: Any, *, max_items: int) -> list[ItemSpec]:
@@ -163,7 +165,9 @@ def _parse_part(spec: ItemSpec, part: Any, param: str) -> str | None:
     elif kind == "video":
         spec.videos.append(_parse_video(part.get("data", part.get("video")), param))
     else:  # video_url
-        spec.videos.append(VideoSpec(param, url=MediaRef(_url_field(part.get("video_url"), f"{param}.video_url"), param)))
+        spec.videos.append(
+            VideoSpec(param, url=MediaRef(_url_field(part.get("video_url"), f"{param}.video_url"), param))
+        )
     return _instruction(part, param)
 
 
@@ -171,6 +175,9 @@ def _parse_video(data: Any, param: str) -> VideoSpec:
     if isinstance(data, str) and data:
         return VideoSpec(param, url=MediaRef(data, param))
     if isinstance(data, list) and data:
-        frames = [MediaRef(_media_string(frame, f"{param}.data[{k}]", "a frame"), f"{param}.data[{k}]") for k, frame in enumerate(data)]
+        frames = [
+            MediaRef(_media_string(frame, f"{param}.data[{k}]", "a frame"), f"{param}.data[{k}]")
+            for k, frame in enumerate(data)
+        ]
         return VideoSpec(param, frames=frames)
     raise _invalid("video data must be a URL or a non-empty array of frames", param)

@@ -108,5 +108,7 @@ def load_family(settings: Settings) -> EmbeddingFamily:
         max_length=settings.max_length,
         limits=limits,
     )
-    log.info("loaded %s (%s) on %s as %s, dimension %d", settings.model_path, model_type, device, dtype, family.dimension)
+    log.info(
+        "loaded %s (%s) on %s as %s, dimension %d", settings.model_path, model_type, device, dtype, family.dimension
+    )
     return family

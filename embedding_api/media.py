@@ -48,7 +48,7 @@ def decode_inline(source: str, param: str, *, expect: str) -> bytes:
             raise _error(ErrorKind.MEDIA_DECODE, f"data URI has type {mime or 'none'!r}, expected {expect}/*", param)
         if not match.group("b64"):
             raise _error(ErrorKind.MEDIA_DECODE, "data URI must be base64-encoded (';base64,')", param)
-        payload = source[match.end():]
+        payload = source[match.end() :]
     elif "://" in source[:16]:
         scheme = source.split("://", 1)[0]
         raise _error(ErrorKind.MEDIA_FETCH, f"URL scheme {scheme!r} is not supported; use http or https", param)
@@ -109,7 +109,9 @@ def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
         import av
     except ImportError:
         raise _error(
-            ErrorKind.UNSUPPORTED_INPUT, "video files need PyAV on the server (pip install av); send frames instead", param
+            ErrorKind.UNSUPPORTED_INPUT,
+            "video files need PyAV on the server (pip install av); send frames instead",
+            param,
         ) from None
     try:
         with av.open(io.BytesIO(data)) as container:

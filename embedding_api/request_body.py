@@ -44,6 +44,4 @@ def parse_body(raw: bytes, model: type[Model]) -> Model:
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` that documents a body we parse by hand."""
-    return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
-    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}

@@ -80,7 +80,10 @@ class EmbeddingService:
             raise
         vectors = self.engine.family.finish(result.pooled, dimensions, request.normalize)
         body = embeddings_response(
-            vectors, encoding_format=request.encoding_format, model=self.settings.model_name, prompt_tokens=result.tokens
+            vectors,
+            encoding_format=request.encoding_format,
+            model=self.settings.model_name,
+            prompt_tokens=result.tokens,
         )
         return EmbeddingAnswer(
             body=body,

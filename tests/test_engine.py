@@ -171,9 +171,7 @@ def test_a_failing_item_is_isolated_from_its_batch_mates(tiny_family: EmbeddingF
         engine.start()
         good = [await engine.prepare(texts(f"good {i}")) for i in range(3)]
         bad = await engine.prepare(texts("poison pill"))
-        outcomes = await asyncio.gather(
-            *(engine.embed(p) for p in [*good, bad]), return_exceptions=True
-        )
+        outcomes = await asyncio.gather(*(engine.embed(p) for p in [*good, bad]), return_exceptions=True)
         await engine.stop()
         return tuple(o if isinstance(o, BaseException) else o.pooled for o in outcomes)
 

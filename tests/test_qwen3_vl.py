@@ -67,8 +67,9 @@ def test_every_input_form_equals_the_recipe(
     frames = [make_image(56, 40, seed=10 + i) for i in range(5)]
     url = media_server.add("/cat.png", image_bytes(cat))
     jpeg = image_bytes(dog, "JPEG")
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     dog_decoded = Image.open(io.BytesIO(jpeg)).convert("RGB")
     request_input: list[Any] = [
@@ -80,7 +81,10 @@ def test_every_input_form_equals_the_recipe(
         {"type": "image", "data": b64(image_bytes(wide))},
         {"type": "image_url", "image_url": {"url": url}},
         ["a cat on a mat", {"type": "image", "data": url}],
-        {"content": [{"type": "text", "text": "caption"}, {"type": "image_url", "image_url": url}], "instruction": "Find it!"},
+        {
+            "content": [{"type": "text", "text": "caption"}, {"type": "image_url", "image_url": url}],
+            "instruction": "Find it!",
+        },
         {"type": "video", "data": [data_uri(image_bytes(f)) for f in frames]},
         [{"type": "video", "data": [b64(image_bytes(f)) for f in frames[:3]]}, "a short clip"],
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -49,11 +50,10 @@ def test_disconnected_client_frees_its_queued_items(tiny_model_dir: object, tiny
         gate.clear()
         engine = server.app.state.runtime.engine
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        try:
-            httpx.post(f"{server.url}/v1/embeddings", json={"input": [f"t{i}" for i in range(6)]}, headers=headers,
-                       timeout=0.5)
-        except httpx.TimeoutException:
-            pass
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(
+                f"{server.url}/v1/embeddings", json={"input": [f"t{i}" for i in range(6)]}, headers=headers, timeout=0.5
+            )
         deadline = time.monotonic() + 5
         while engine.queued_items and time.monotonic() < deadline:
             time.sleep(0.02)

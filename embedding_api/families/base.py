@@ -62,7 +62,8 @@ class EmbeddingFamily(Protocol):
 
 def l2_normalize(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
+    normalized: np.ndarray = matrix / np.maximum(norms, 1e-12)
+    return normalized
 
 
 def finish_vectors(pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:

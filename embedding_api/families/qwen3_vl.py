@@ -251,7 +251,8 @@ class Qwen3VLFamily:
             positions = torch.arange(mask.shape[1], device=device)
             last = (mask.to(torch.long) * positions).argmax(dim=1)
             pooled = hidden[torch.arange(hidden.shape[0], device=device), last].float()
-            return pooled.cpu().numpy()  # the batch's one device-to-host copy
+            host: np.ndarray = pooled.cpu().numpy()  # the batch's one device-to-host copy
+            return host
 
     # ---- finish (host) -----------------------------------------------------------------------------------
 
