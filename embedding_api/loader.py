@@ -54,7 +54,7 @@ def _not_found_sentence(model_path: str) -> str:
     folder = model_path.split("/")[-1]
     return (
         f"Model {model_path} is not on this machine and could not be downloaded: run "
-        f"`huggingface-cli download {model_path} --local-dir models/{folder}` where the hub is reachable, "
+        f"`.venv/bin/hf download {model_path} --local-dir models/{folder}` where the hub is reachable, "
         f"then set MODEL_PATH=models/{folder}."
     )
 

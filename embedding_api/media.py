@@ -16,6 +16,7 @@ from PIL import Image
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.inputs import ItemSpec, MediaRef, VideoSpec
 from embedding_api.items import Item, VideoClip
+from embedding_api.sampling import even_positions
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/_\-\s]+={0,2}\s*$")
@@ -178,7 +179,9 @@ class MediaResolver:
         if video.url is not None:
             data = await self._bytes(video.url, "video")
             return await asyncio.to_thread(decode_video, data, video.param, self.limits)
-        frames = await asyncio.gather(*(self._image(frame) for frame in video.frames))
+        # Only the frames the model will see are fetched and decoded (same even subsampling as the recipe).
+        wanted = [video.frames[p] for p in even_positions(len(video.frames), self.limits.max_video_frames)]
+        frames = await asyncio.gather(*(self._image(frame) for frame in wanted))
         return VideoClip(frames=list(frames))
 
     async def _item(self, spec: ItemSpec) -> Item:

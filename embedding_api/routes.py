@@ -45,6 +45,25 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, Result]) 
     return task.result()
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (Content-Length checked first)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(ErrorKind.PAYLOAD_TOO_LARGE, f"the request body is over MAX_REQUEST_BYTES={limit}")
+
+
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -63,7 +82,7 @@ def _service(request: Request) -> EmbeddingService:
 async def create_embeddings(request: Request) -> Response:
     started = time.perf_counter()
     service = _service(request)
-    body = parse_body(await request.body(), EmbeddingRequest)
+    body = parse_body(await read_body(request, service.settings.max_request_bytes), EmbeddingRequest)
     answer = await until_disconnect(request, service.embed(body))
     total_ms = (time.perf_counter() - started) * 1000
     headers = {

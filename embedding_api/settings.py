@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     default_instruction: str = Field(DEFAULT_INSTRUCTION, description="Instruction used when a request gives none.")
 
     # Limits
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body (bytes); past it, 413.")
     max_inputs_per_request: int = Field(2048, ge=1, description="Most items in one request's `input`.")
     image_fetch_timeout: float = Field(10.0, gt=0, description="Seconds allowed to download one image or video.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image or video download (bytes).")

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from embedding_api.families.base import EmbeddingFamily
-from tests.conftest import API_KEY, LiveServer, make_settings
+from tests.conftest import API_KEY, LiveServer, MediaServer, image_bytes, make_image, make_settings
 from tests.test_engine import RecordingFamily
 
 
@@ -64,3 +64,25 @@ def test_disconnected_client_frees_its_queued_items(tiny_model_dir: object, tiny
         assert ok.status_code == 200
         assert np.isfinite(np.array(ok.json()["data"][0]["embedding"])).all()
         assert sum(family.batch_sizes) - ran_before <= 3  # at most the batches already cut, plus this request
+
+
+def test_body_over_the_limit_answers_413(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_request_bytes=4096)
+    response = client.post("/v1/embeddings", json={"input": "a" * 5000})
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert client.post("/v1/embeddings", json={"input": "a" * 100}).status_code == 200
+
+
+def test_huge_text_is_shortened_to_max_length(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", json={"input": "word " * 2_000_000})
+    assert response.status_code == 200
+    assert response.json()["usage"]["prompt_tokens"] <= 8192
+
+
+def test_only_the_frames_the_model_sees_are_fetched(client: TestClient, media_server: MediaServer) -> None:
+    frame = image_bytes(make_image(32, 32, seed=1))
+    urls = [media_server.add(f"/f{i}.png", frame) for i in range(100)]
+    response = client.post("/v1/embeddings", json={"input": {"type": "video", "data": urls}})
+    assert response.status_code == 200
+    assert sum(media_server.hits.values()) == 64

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 EMPTY_ITEM_TEXT = "NULL"
 # Text tokens cut per step beyond the computed overflow, so re-tokenisation at the cut cannot leave it over.
 _CUT_SLACK = 8
+# No real token spans this many characters, so text cut there still overflows MAX_LENGTH and is cut exactly.
+_MAX_CHARS_PER_TOKEN = 64
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class Qwen3VLFamily:
     def prepare(self, item: Item) -> PreparedItem:
         images = [self._resize_image(image) for image in item.images]
         videos = [self._prepare_video(clip) for clip in item.videos]
-        texts = list(item.texts)
+        texts = [text[: self.max_length * _MAX_CHARS_PER_TOKEN] for text in item.texts]  # bounds tokenizer work
         instruction = with_final_punctuation(item.instruction or self.default_instruction)
         tokens = self._count_tokens(instruction, texts, images, videos)
         if tokens > self.max_length:
@@ -192,7 +194,6 @@ class Qwen3VLFamily:
         tokens: int,
     ) -> tuple[list[str], int]:
         """Cut the user's text from its end so the whole template still fits (the pooled token stays the last)."""
-        texts = list(texts)
         while tokens > self.max_length:
             overflow = tokens - self.max_length + _CUT_SLACK
             position = max((i for i, text in enumerate(texts) if text), default=None)
@@ -202,9 +203,11 @@ class Qwen3VLFamily:
                     f"input needs {tokens} tokens without any text, above MAX_LENGTH={self.max_length}; "
                     "send smaller or fewer images or video frames",
                 )
-            ids = self.tokenizer(texts[position], add_special_tokens=False)["input_ids"]
-            keep = max(0, len(ids) - overflow)
-            texts[position] = self.tokenizer.decode(ids[:keep]) if keep else ""
+            offsets = self.tokenizer(texts[position], add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"
+            ]
+            keep = max(0, len(offsets) - overflow)
+            texts[position] = texts[position][: offsets[keep - 1][1]] if keep else ""
             tokens = self._count_tokens(instruction, texts, images, videos)
         return texts, tokens
 

@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
 from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.sampling import even_positions
 
 MAX_ASPECT_RATIO = 200
 VIDEO_MIN_PIXELS = 128 * 32 * 32
@@ -60,10 +61,8 @@ def resize_to(image: Image.Image, height: int, width: int) -> Image.Image:
 
 
 def sample_frame_positions(count: int, limit: int = VIDEO_MAX_FRAMES) -> list[int]:
-    """Even subsampling of a frame list to at most `limit` frames."""
-    if count <= limit:
-        return list(range(count))
-    return [int(i) for i in np.linspace(0, count - 1, limit).round().astype(int)]
+    """Even subsampling of a frame list to at most `limit` frames (the recipe's 64)."""
+    return even_positions(count, limit)
 
 
 def pad_to_even(frames: list[Image.Image]) -> list[Image.Image]:
