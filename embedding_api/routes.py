@@ -71,6 +71,8 @@ def _runtime(request: Request) -> Runtime:
 
 def _service(request: Request) -> EmbeddingService:
     runtime = _runtime(request)
+    if runtime.status == "error":
+        raise ApiError(ErrorKind.NOT_READY, f"the model failed to load: {runtime.detail}", code="model_unavailable")
     if not runtime.ready or runtime.service is None:
         raise ApiError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", code="model_loading")
     return runtime.service

@@ -66,8 +66,12 @@ class Runtime:
         engine.start()
         assert self.client is not None
         service = EmbeddingService(settings, engine, MediaResolver(self.client, self.media_limits()))
-        prepared = await engine.prepare([Item(texts=["warm up"])])
-        await engine.embed(prepared)
+        try:
+            await engine.embed(await engine.prepare([Item(texts=["warm up"])]))
+        except Exception as exc:  # a device fault or out-of-memory on the first forward pass
+            await engine.stop()
+            self._fail(f"warming up the model from MODEL_PATH={settings.model_path} on {family.device} failed: {exc}")
+            return
         self.family, self.engine, self.service = family, engine, service
         self.status = "ok"
         log.info("ready: serving %s on %s", settings.model_name, family.device)

@@ -139,9 +139,7 @@ def test_a_fused_array_of_parts_is_one_spec() -> None:
 
 
 def test_content_object_with_instruction() -> None:
-    [spec] = parse(
-        [{"content": ["look", {"type": "image", "data": URL}], "instruction": "Retrieve matching photos."}]
-    )
+    [spec] = parse([{"content": ["look", {"type": "image", "data": URL}], "instruction": "Retrieve matching photos."}])
     assert spec.texts == ["look"]
     assert spec.images == [MediaRef(URL, "input[0].content[1]")]
     assert spec.instruction == "Retrieve matching photos."

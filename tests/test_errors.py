@@ -1,0 +1,205 @@
+"""Every error over HTTP in OpenAI's shape, and the error table itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx import Response
+
+from embedding_api.errors import ERROR_TABLE, ApiError, ErrorKind, error_body
+from embedding_api.families.base import EmbeddingFamily
+from tests.conftest import MediaServer, data_uri, image_bytes, make_image
+
+MODEL = "Qwen3-VL-Embedding-2B"
+OPENAI_STATUSES = {400, 401, 403, 404, 409, 413, 422, 429, 500, 503}
+
+
+def embed(client: TestClient, **body: Any) -> Response:
+    return client.post("/v1/embeddings", json=body)
+
+
+def openai_error(response: Response, status: int) -> dict[str, Any]:
+    """Assert the status and the exact OpenAI error shape; return the inner error."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    assert error["param"] is None or isinstance(error["param"], str)
+    assert error["code"] is None or isinstance(error["code"], str)
+    inner: dict[str, Any] = error
+    return inner
+
+
+# ---- the table ------------------------------------------------------------------------------------------------
+
+
+def test_every_error_kind_has_a_status_and_a_type() -> None:
+    assert set(ERROR_TABLE) == set(ErrorKind)
+    for kind, (status, kind_type) in ERROR_TABLE.items():
+        assert status in OPENAI_STATUSES or status == 405, kind
+        assert kind_type.endswith("_error") or kind_type == "service_unavailable", kind
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+def test_error_bodies_have_exactly_four_keys(kind: ErrorKind) -> None:
+    body = error_body(kind, "something went wrong")
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"] == "something went wrong"
+    assert body["error"]["type"] == ERROR_TABLE[kind][1]
+    assert body["error"]["param"] is None
+    assert body["error"]["code"] == kind.value
+
+    error = ApiError(kind, "m", param="input[1]", code="custom_code")
+    assert error.status == ERROR_TABLE[kind][0]
+    assert error.body() == {
+        "error": {"message": "m", "type": ERROR_TABLE[kind][1], "param": "input[1]", "code": "custom_code"}
+    }
+
+
+# ---- over HTTP ------------------------------------------------------------------------------------------------
+
+
+def test_wrong_model_is_404_naming_the_served_model(client: TestClient) -> None:
+    error = openai_error(embed(client, input="hi", model="text-embedding-3-small"), 404)
+    assert error["code"] == "model_not_found"
+    assert error["param"] == "model"
+    assert "text-embedding-3-small" in error["message"]
+    assert MODEL in error["message"]
+
+
+def test_model_may_be_omitted(client: TestClient) -> None:
+    response = embed(client, input="hi")
+    assert response.status_code == 200
+    assert response.json()["model"] == MODEL
+
+
+def test_wrong_model_with_a_custom_name(make_client: Callable[..., TestClient]) -> None:
+    custom = make_client(model_name="my-embedder")
+    error = openai_error(embed(custom, input="hi", model=MODEL), 404)
+    assert "my-embedder" in error["message"]
+    assert embed(custom, input="hi", model="my-embedder").status_code == 200
+
+
+@pytest.mark.parametrize("dimensions", [0, -1, -1024, "dimension+1"])
+def test_dimensions_out_of_range(client: TestClient, tiny_family: EmbeddingFamily, dimensions: Any) -> None:
+    size = tiny_family.dimension + 1 if dimensions == "dimension+1" else dimensions
+    error = openai_error(embed(client, input="hi", dimensions=size), 400)
+    assert error["param"] == "dimensions"
+    assert error["type"] == "invalid_request_error"
+    assert str(tiny_family.dimension) in error["message"]
+
+
+@pytest.mark.parametrize("dimensions", ["abc", 1.5, [4]])
+def test_dimensions_of_the_wrong_type(client: TestClient, dimensions: Any) -> None:
+    error = openai_error(embed(client, input="hi", dimensions=dimensions), 400)
+    assert error["param"] == "dimensions"
+
+
+def test_dimensions_at_the_bounds_are_accepted(client: TestClient, tiny_family: EmbeddingFamily) -> None:
+    for size in (1, tiny_family.dimension):
+        response = embed(client, input="hi", dimensions=size, encoding_format="float")
+        assert response.status_code == 200
+        assert len(response.json()["data"][0]["embedding"]) == size
+
+
+@pytest.mark.parametrize("encoding_format", ["int8", "FLOAT", "", 5, None])
+def test_bad_encoding_format(client: TestClient, encoding_format: Any) -> None:
+    error = openai_error(embed(client, input="hi", encoding_format=encoding_format), 400)
+    assert error["param"] == "encoding_format"
+
+
+def test_invalid_json(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", content=b'{"input": "hi",', headers={"Content-Type": "application/json"})
+    error = openai_error(response, 400)
+    assert "JSON" in error["message"]
+
+
+def test_empty_body(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", content=b"", headers={"Content-Type": "application/json"})
+    openai_error(response, 400)
+
+
+@pytest.mark.parametrize("payload", [b'["hi"]', b'"hi"', b"42", b"null"])
+def test_body_that_is_not_an_object(client: TestClient, payload: bytes) -> None:
+    response = client.post("/v1/embeddings", content=payload, headers={"Content-Type": "application/json"})
+    error = openai_error(response, 400)
+    assert "object" in error["message"]
+
+
+def test_missing_input(client: TestClient) -> None:
+    error = openai_error(embed(client, model=MODEL), 400)
+    assert error["param"] == "input"
+    assert "required" in error["message"]
+
+
+@pytest.mark.parametrize("tokens", [[1, 2, 3], [[1, 2], [3]]], ids=["flat", "nested"])
+def test_token_ids(client: TestClient, tokens: list[Any]) -> None:
+    error = openai_error(embed(client, input=tokens, model=MODEL), 400)
+    assert error["code"] == "token_ids_not_supported"
+    assert error["param"] == "input"
+    assert "check_embedding_ctx_length=False" in error["message"]
+
+
+def test_empty_input(client: TestClient) -> None:
+    assert openai_error(embed(client, input=[]), 400)["param"] == "input"
+
+
+def test_too_many_inputs(make_client: Callable[..., TestClient]) -> None:
+    small = make_client(max_inputs_per_request=2)
+    error = openai_error(embed(small, input=["a", "b", "c"]), 400)
+    assert error["param"] == "input"
+
+
+def test_undecodable_image_names_its_index(client: TestClient) -> None:
+    good = data_uri(image_bytes(make_image(32, 32)))
+    bad = data_uri(b"this is not an image")
+    inputs = ["a", {"type": "image", "data": good}, "c", {"type": "image", "data": bad}]
+    error = openai_error(embed(client, input=inputs, model=MODEL), 400)
+    assert error["param"] == "input[3]"
+    assert error["message"].startswith("input[3]")
+    assert error["code"] == "media_decode"
+
+
+def test_unreachable_image_url(client: TestClient, media_server: MediaServer) -> None:
+    url = media_server.add("/missing.png", b"no", "text/plain", status=404)
+    error = openai_error(embed(client, input=["a", {"type": "image_url", "image_url": {"url": url}}]), 400)
+    assert error["param"] == "input[1]"
+    assert "HTTP 404" in error["message"]
+    assert error["code"] == "media_fetch"
+    assert media_server.hits["/missing.png"] == 1
+
+
+def test_unknown_part_type_over_http(client: TestClient) -> None:
+    error = openai_error(embed(client, input=["a", ["b", {"type": "audio"}]]), 400)
+    assert error["param"] == "input[1][1]"
+
+
+def test_unknown_route(client: TestClient) -> None:
+    error = openai_error(client.get("/v1/nothing-here"), 404)
+    assert error["code"] == "not_found"
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/embeddings"), ("DELETE", "/v1/models"), ("POST", "/health")])
+def test_wrong_method(client: TestClient, method: str, path: str) -> None:
+    error = openai_error(client.request(method, path), 405)
+    assert error["code"] == "method_not_allowed"
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_curl_style_body_without_json_content_type(client: TestClient, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(
+        "/v1/embeddings", content=b'{"input": ["hello", "world"], "model": "' + MODEL.encode() + b'"}', headers=headers
+    )
+    assert response.status_code == 200, response.text
+    assert [entry["index"] for entry in response.json()["data"]] == [0, 1]
