@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.families.base import EmbeddingFamily, PreparedItem
+from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem
 from embedding_api.items import Item
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Engine:
         self._loop_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.batches_run = 0
+        self._on_device = 0  # batches collated or running on the device thread right now
         self.consecutive_failures = 0
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
@@ -212,10 +213,25 @@ class Engine:
         if not live:
             return
         loop = asyncio.get_running_loop()
+        items = [entry.item for entry in live]
         try:
-            batch = await loop.run_in_executor(self._cpu, self.family.collate, [entry.item for entry in live])
-            started = time.perf_counter()
-            pooled = await loop.run_in_executor(self._device, self.family.run, batch)
+            if self._on_device == 0:
+                # The device is idle: collate on its thread too, saving a thread hop for lone requests.
+                self._on_device += 1
+                try:
+                    started = time.perf_counter()
+                    batch, pooled = await loop.run_in_executor(self._device, self._collate_and_run, items)
+                finally:
+                    self._on_device -= 1
+            else:
+                # The device is busy: collate in the CPU pool meanwhile, so the device never waits on it.
+                batch = await loop.run_in_executor(self._cpu, self.family.collate, items)
+                self._on_device += 1
+                try:
+                    started = time.perf_counter()
+                    pooled = await loop.run_in_executor(self._device, self.family.run, batch)
+                finally:
+                    self._on_device -= 1
             finished = time.perf_counter()
         except Exception as exc:  # isolate: split until the failing item is alone
             if len(live) > 1:
@@ -238,6 +254,10 @@ class Engine:
             if not entry.future.done():
                 queue_ms = (started - entry.queued_at) * 1000
                 entry.future.set_result((pooled[index], batch.token_counts[index], queue_ms, inference_ms))
+
+    def _collate_and_run(self, items: list[PreparedItem]) -> tuple[Batch, np.ndarray]:
+        batch = self.family.collate(items)
+        return batch, self.family.run(batch)
 
     def _fail(self, entry: _Entry, exc: Exception) -> None:
         if entry.future.done():
