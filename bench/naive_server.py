@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from embedding_api.encoding import embeddings_response
+from embedding_api.fetch import FetchLimits, MediaFetcher
 from embedding_api.inputs import parse_input
 from embedding_api.loader import load_family
 from embedding_api.media import MediaLimits, MediaResolver
@@ -27,7 +28,7 @@ def create_naive_app(settings: Settings) -> FastAPI:
     lock = asyncio.Lock()
     app = FastAPI()
     client = httpx.AsyncClient()
-    resolver = MediaResolver(client, MediaLimits())
+    resolver = MediaResolver(MediaFetcher(client, FetchLimits()), MediaLimits())
 
     def forward(request: EmbeddingRequest, items: list) -> bytes:  # type: ignore[type-arg]
         prepared = [family.prepare(item) for item in items]

@@ -29,5 +29,24 @@ def serve(argv: list[str] | None = None) -> int:
     from embedding_api.app import create_app
 
     app = create_app(settings, on_fatal=exit_on_fatal)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30)
-    return 1 if app.state.runtime.status == "error" else 0
+    runtime = app.state.runtime
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT: mark the runtime draining (503s, health 503), then uvicorn's graceful shutdown."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            runtime.draining = True
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+    )
+    # uvicorn re-raises the stop signal after draining; with these no-op handlers a clean drain exits 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
+    DrainingServer(config).run()
+    return 1 if runtime.status == "error" else 0

@@ -244,7 +244,6 @@ class Engine:
                 await self._execute(live[:middle])
                 await self._execute(live[middle:])
                 return
-            self.consecutive_failures += 1
             self._fail(live[0], exc)
             return
         self.batches_run += 1
@@ -273,6 +272,7 @@ class Engine:
             )
         else:
             log.error("embedding an item failed", exc_info=exc)
+            self.consecutive_failures += 1  # only faults of the engine itself count towards ill health
             error = ApiError(ErrorKind.INTERNAL, f"embedding failed: {type(exc).__name__}")
         entry.future.set_exception(error)
 

@@ -21,6 +21,8 @@ class ErrorKind(StrEnum):
     OVERLOADED = "overloaded"
     ITEM_TOO_LARGE = "item_too_large"
     NOT_READY = "not_ready"
+    SHUTTING_DOWN = "shutting_down"
+    TIMEOUT = "timeout"
     INTERNAL = "internal"
 
 
@@ -38,6 +40,8 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.OVERLOADED: (429, "rate_limit_error"),
     ErrorKind.ITEM_TOO_LARGE: (422, "invalid_request_error"),
     ErrorKind.NOT_READY: (503, "service_unavailable"),
+    ErrorKind.SHUTTING_DOWN: (503, "service_unavailable"),
+    ErrorKind.TIMEOUT: (504, "timeout"),
     ErrorKind.INTERNAL: (500, "server_error"),
 }
 

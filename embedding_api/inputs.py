@@ -60,8 +60,20 @@ def _is_token_ids(value: Any) -> bool:
     )
 
 
-def parse_input(raw: Any, *, max_items: int) -> list[ItemSpec]:
+def parse_input(raw: Any, *, max_items: int, max_text_chars: int | None = None) -> list[ItemSpec]:
     """Parse the whole `input` field into one spec per output vector."""
+    specs = _parse_input(raw, max_items=max_items)
+    if max_text_chars is not None:
+        for spec in specs:
+            longest = max((len(text) for text in spec.texts), default=0)
+            if longest > max_text_chars:
+                raise _invalid(
+                    f"a text of {longest} characters is above the {max_text_chars} character limit", spec.param
+                )
+    return specs
+
+
+def _parse_input(raw: Any, *, max_items: int) -> list[ItemSpec]:
     if isinstance(raw, str):
         return [_parse_element(raw, "input[0]")]
     if isinstance(raw, dict):

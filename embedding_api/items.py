@@ -24,6 +24,7 @@ class Item:
     images: list[Image.Image] = field(default_factory=list)
     videos: list[VideoClip] = field(default_factory=list)
     instruction: str | None = None
+    truncate: bool = True  # shorten over-long text to fit (the recipe); False: refuse it instead
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -10,10 +10,10 @@ import re
 import warnings
 from dataclasses import dataclass
 
-import httpx
 from PIL import Image
 
 from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.fetch import MediaFetcher, is_fetchable
 from embedding_api.inputs import ItemSpec, MediaRef, VideoSpec
 from embedding_api.items import Item, VideoClip
 from embedding_api.sampling import even_positions
@@ -26,18 +26,12 @@ VIDEO_SAMPLE_FPS = 1.0
 
 @dataclass(frozen=True)
 class MediaLimits:
-    fetch_timeout: float = 10.0
-    max_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = 40_000_000
     max_video_frames: int = 64
 
 
 def _error(kind: ErrorKind, message: str, param: str) -> ApiError:
     return ApiError(kind, f"{param}: {message}", param=param)
-
-
-def _is_url(source: str) -> bool:
-    return source[:8].lower().startswith(("http://", "https://"))
 
 
 def decode_inline(source: str, param: str, *, expect: str) -> bytes:
@@ -134,41 +128,13 @@ def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
 class MediaResolver:
     """Fetches and decodes every media reference of a request concurrently."""
 
-    def __init__(self, client: httpx.AsyncClient, limits: MediaLimits) -> None:
-        self.client = client
+    def __init__(self, fetcher: MediaFetcher, limits: MediaLimits) -> None:
+        self.fetcher = fetcher
         self.limits = limits
 
-    async def fetch(self, url: str, param: str) -> bytes:
-        """GET with a timeout, refusing bodies over the byte cap (checked before and while streaming)."""
-        cap = self.limits.max_bytes
-        try:
-            async with asyncio.timeout(self.limits.fetch_timeout):
-                async with self.client.stream("GET", url, follow_redirects=False) as response:
-                    if response.status_code != 200:
-                        raise _error(ErrorKind.MEDIA_FETCH, f"fetching the URL gave HTTP {response.status_code}", param)
-                    declared = response.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > cap:
-                        raise _error(ErrorKind.MEDIA_FETCH, f"the URL's body is over the {cap} byte limit", param)
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > cap:
-                            raise _error(ErrorKind.MEDIA_FETCH, f"the URL's body is over the {cap} byte limit", param)
-                        chunks.append(chunk)
-                    return b"".join(chunks)
-        except ApiError:
-            raise
-        except TimeoutError:
-            raise _error(
-                ErrorKind.MEDIA_FETCH, f"fetching the URL took longer than {self.limits.fetch_timeout:g} s", param
-            ) from None
-        except httpx.HTTPError as exc:
-            raise _error(ErrorKind.MEDIA_FETCH, f"could not fetch the URL ({type(exc).__name__})", param) from None
-
     async def _bytes(self, ref: MediaRef, expect: str) -> bytes:
-        if _is_url(ref.source):
-            return await self.fetch(ref.source, ref.param)
+        if is_fetchable(ref.source):
+            return await self.fetcher.fetch(ref.source, ref.param)
         return decode_inline(ref.source, ref.param, expect=expect)
 
     async def _image(self, ref: MediaRef) -> Image.Image:

@@ -71,6 +71,8 @@ def _runtime(request: Request) -> Runtime:
 
 def _service(request: Request) -> EmbeddingService:
     runtime = _runtime(request)
+    if runtime.draining:
+        raise ApiError(ErrorKind.SHUTTING_DOWN, "the server is shutting down; retry on another instance")
     if runtime.status == "error":
         raise ApiError(ErrorKind.NOT_READY, f"the model failed to load: {runtime.detail}", code="model_unavailable")
     if not runtime.ready or runtime.service is None:
@@ -122,8 +124,12 @@ async def health(request: Request) -> Response:
     runtime = _runtime(request)
     settings = runtime.settings
     family = runtime.family
+    status = "draining" if runtime.draining else ("ok" if runtime.ready else runtime.status)
+    detail = runtime.detail
+    if status == "ok" and not await runtime.engine_is_healthy():
+        status, detail = "error", "the engine keeps failing: embeddings do not complete"
     payload = Health(
-        status="ok" if runtime.ready else ("error" if runtime.status == "error" else "loading"),
+        status=status,  # type: ignore[arg-type]
         model=settings.model_name,
         model_path=settings.model_path,
         device=family.device if family else None,
@@ -131,6 +137,6 @@ async def health(request: Request) -> Response:
         embedding_dimension=settings.embedding_dimension or (family.dimension if family else None),
         max_image_width=settings.max_image_width or settings.max_image_size,
         max_image_height=settings.max_image_height or settings.max_image_size,
-        detail=runtime.detail,
+        detail=detail,
     )
-    return json_response(payload.model_dump(), 200 if runtime.ready else 503)
+    return json_response(payload.model_dump(), 200 if status == "ok" else 503)

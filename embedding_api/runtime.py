@@ -11,6 +11,7 @@ import httpx
 
 from embedding_api.engine import Budget, Engine
 from embedding_api.families.base import EmbeddingFamily
+from embedding_api.fetch import FetchLimits, MediaFetcher
 from embedding_api.items import Item
 from embedding_api.loader import ModelUnavailable, load_family
 from embedding_api.media import MediaLimits, MediaResolver
@@ -20,6 +21,10 @@ from embedding_api.settings import Settings
 log = logging.getLogger(__name__)
 
 FamilyLoader = Callable[[Settings], EmbeddingFamily]
+UNHEALTHY_AFTER_FAILURES = 3
+CPU_BATCH_PIXELS = 8 * 512 * 512
+GPU_BATCH_PIXELS = 64 * 512 * 512
+CANARY_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Runtime:
     loader: FamilyLoader = load_family
     on_fatal: Callable[[str], None] | None = None
     status: str = "loading"
+    draining: bool = False  # set on SIGTERM: new requests get 503 while in-flight ones finish
     detail: str | None = None
     family: EmbeddingFamily | None = None
     engine: Engine | None = None
@@ -41,10 +47,13 @@ class Runtime:
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(
-            fetch_timeout=self.settings.image_fetch_timeout,
-            max_bytes=self.settings.max_image_bytes,
-            max_video_frames=self.settings.max_video_frames,
+            max_image_pixels=self.settings.max_image_pixels, max_video_frames=self.settings.max_video_frames
         )
+
+    def fetcher(self) -> MediaFetcher:
+        assert self.client is not None
+        limits = FetchLimits.from_settings(self.settings)
+        return MediaFetcher(self.client, limits)
 
     async def start(self) -> None:
         """Open the HTTP client and load the model in the background, so /health can answer 503 meanwhile."""
@@ -61,11 +70,13 @@ class Runtime:
         except Exception as exc:  # a corrupt checkpoint or a wrong DEVICE: say it in one line
             self._fail(f"loading the model from MODEL_PATH={settings.model_path} failed: {exc}")
             return
-        budget = Budget(settings.max_batch_tokens, settings.max_batch_pixels, settings.max_batch_size)
+        # On a CPU more than ~8 large images per pass only adds latency; a GPU wants much bigger passes.
+        auto_pixels = GPU_BATCH_PIXELS if family.device.startswith("cuda") else CPU_BATCH_PIXELS
+        budget = Budget(settings.max_batch_tokens, settings.max_batch_pixels or auto_pixels, settings.max_batch_size)
         engine = Engine(family, budget, max_queued_items=settings.max_queued_items)
         engine.start()
         assert self.client is not None
-        service = EmbeddingService(settings, engine, MediaResolver(self.client, self.media_limits()))
+        service = EmbeddingService(settings, engine, MediaResolver(self.fetcher(), self.media_limits()))
         try:
             await engine.embed(await engine.prepare([Item(texts=["warm up"])]))
         except Exception as exc:  # a device fault or out-of-memory on the first forward pass
@@ -75,6 +86,18 @@ class Runtime:
         self.family, self.engine, self.service = family, engine, service
         self.status = "ok"
         log.info("ready: serving %s on %s", settings.model_name, family.device)
+
+    async def engine_is_healthy(self) -> bool:
+        """After repeated engine faults, a canary embedding decides; green health while every request fails is a lie."""
+        engine = self.engine
+        if engine is None or engine.consecutive_failures < UNHEALTHY_AFTER_FAILURES:
+            return True
+        try:
+            async with asyncio.timeout(CANARY_TIMEOUT_S):
+                await engine.embed(await engine.prepare([Item(texts=["health check"])]))
+        except Exception:
+            return False
+        return True
 
     def _fail(self, message: str) -> None:
         self.status = "error"

@@ -26,6 +26,7 @@ class EmbeddingRequest(BaseModel):
     user: str | None = Field(None, description="Accepted and ignored.")
     instruction: str | None = Field(None, description="Task instruction for every item that carries none.")
     normalize: bool = Field(True, description="L2-normalise the vectors.")
+    truncate: bool = Field(True, description="Shorten text over MAX_LENGTH tokens to fit; false: answer 400 instead.")
 
 
 class EmbeddingData(BaseModel):
@@ -70,7 +71,7 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading", "error"]
+    status: Literal["ok", "loading", "error", "draining"]
     model: str
     model_path: str
     device: str | None

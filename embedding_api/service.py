@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from embedding_api.encoding import embeddings_response
@@ -58,20 +59,37 @@ class EmbeddingService:
             raise ApiError(ErrorKind.OVERLOADED, "the server is busy: too many requests in progress, retry shortly")
         self.in_progress += 1
         try:
-            return await self._embed(request)
+            async with asyncio.timeout(self.settings.request_timeout):
+                return await self._embed(request)
+        except TimeoutError:
+            raise ApiError(
+                ErrorKind.TIMEOUT, f"the request took longer than REQUEST_TIMEOUT={self.settings.request_timeout:g} s"
+            ) from None
         finally:
             self.in_progress -= 1
 
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
         self.check_model(request.model)
         dimensions = self.output_dimension(request.dimensions)
-        specs: list[ItemSpec] = parse_input(request.input, max_items=self.settings.max_inputs_per_request)
+        settings = self.settings
+        specs: list[ItemSpec] = parse_input(
+            request.input, max_items=settings.max_inputs_per_request, max_text_chars=settings.max_text_chars
+        )
         items = await self.resolver.resolve(specs)
         for item in items:
             if item.instruction is None:
                 item.instruction = request.instruction or None
+            item.truncate = request.truncate
         try:
             prepared = await self.engine.prepare(items)
+            total = sum(item.tokens for item in prepared)
+            if total > settings.max_tokens_per_request:
+                raise ApiError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"the request needs {total} tokens, above MAX_TOKENS_PER_REQUEST={settings.max_tokens_per_request}; "
+                    "split it into several requests",
+                    param="input",
+                )
             result = await self.engine.embed(prepared)
         except ApiError as error:
             if error.param is None and error.item_index is not None:

@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(6008, ge=1, le=65535, description="Port to listen on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for people, json (one object a line) for machines."
+    )
+    metrics_require_key: bool = Field(False, description="Put GET /metrics behind the API key (public by default).")
 
     # Model
     model_name: str = Field("Qwen3-VL-Embedding-2B", description="The model name clients must send.")
@@ -46,18 +50,52 @@ class Settings(BaseSettings):
     # Limits
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body (bytes); past it, 413.")
     max_inputs_per_request: int = Field(2048, ge=1, description="Most items in one request's `input`.")
+    max_text_chars: int = Field(1_000_000, ge=1, description="Longest single text (characters); past it, 400.")
+    max_tokens_per_request: int = Field(
+        300_000, ge=1, description="Most tokens in one request (after truncation); past it, 400."
+    )
+    request_timeout: float = Field(
+        300.0, gt=0, description="Seconds a request may take; its queued items are dropped then."
+    )
+    shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to finish in-flight requests after SIGTERM.")
     image_fetch_timeout: float = Field(10.0, gt=0, description="Seconds allowed to download one image or video.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image or video download (bytes).")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest image (width x height) decoded; read from the header first."
+    )
     max_video_frames: int = Field(64, ge=2, description="Most frames sampled from one video.")
+    max_redirects: int = Field(
+        3, ge=0, description="Most redirects followed for one media URL (each hop checked again)."
+    )
+    allowed_media_domains: str = Field(
+        "", description="Comma list of hosts media URLs may use (and their subdomains); empty = any public host."
+    )
+    allow_private_media_urls: bool = Field(
+        False, description="Let media URLs reach private, loopback and link-local addresses."
+    )
+    allowed_local_media_path: str = Field(
+        "", description="Folder file:// media URLs may read below; empty = file:// refused."
+    )
 
     # Batching
     max_batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass.")
-    max_batch_pixels: int = Field(8 * 1800 * 32 * 32, ge=4096, description="Pixel budget of one forward pass.")
+    max_batch_pixels: int | None = Field(
+        None,
+        ge=4096,
+        description="Pixel budget of one forward pass; empty = auto (2,097,152 on CPU, 16,777,216 on CUDA).",
+    )
     max_batch_size: int = Field(64, ge=1, description="Most items in one forward pass.")
     max_queued_items: int = Field(8192, ge=1, description="Most items waiting for the device; past it, 429.")
     max_concurrent_requests: int = Field(512, ge=1, description="Most embedding requests in progress; past it, 429.")
 
-    @field_validator("embedding_dimension", "max_image_size", "max_image_width", "max_image_height", mode="before")
+    @field_validator(
+        "embedding_dimension",
+        "max_batch_pixels",
+        "max_image_size",
+        "max_image_width",
+        "max_image_height",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

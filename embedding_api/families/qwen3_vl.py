@@ -101,6 +101,12 @@ class Qwen3VLFamily:
         instruction = with_final_punctuation(item.instruction or self.default_instruction)
         tokens = self._count_tokens(instruction, texts, images, videos)
         if tokens > self.max_length:
+            if not item.truncate:
+                raise ApiError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"input is {tokens} tokens, above MAX_LENGTH={self.max_length}, and truncate is false",
+                    code="input_too_long",
+                )
             texts, tokens = self._shorten(instruction, texts, images, videos, tokens)
         prompt = _Prompt(
             text=self._render(instruction, texts, len(images), len(videos)),

@@ -1,0 +1,147 @@
+"""Request timeout, draining on SIGTERM, health that turns red when the engine keeps failing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from fastapi.testclient import TestClient
+
+from embedding_api.app import create_app
+from embedding_api.families.base import EmbeddingFamily
+from tests.conftest import API_KEY, free_port, make_settings, wait_ready
+from tests.test_engine import RecordingFamily
+
+
+def test_request_timeout_fails_cleanly_and_drops_queued_items(
+    make_client: Callable[..., TestClient], tiny_family: EmbeddingFamily
+) -> None:
+    client = make_client(request_timeout=0.3)
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    gate = threading.Event()
+    runtime.engine.family = RecordingFamily(tiny_family, gate=gate)
+    try:
+        response = client.post("/v1/embeddings", json={"input": [f"t{i}" for i in range(5)]})
+        assert response.status_code == 504
+        assert "REQUEST_TIMEOUT" in response.json()["error"]["message"]
+        assert runtime.engine.queued_items == 0
+    finally:
+        gate.set()
+        runtime.engine.family = tiny_family
+    assert client.post("/v1/embeddings", json={"input": "after"}).status_code == 200
+
+
+def test_truncate_false_refuses_over_long_text(tiny_model_dir: Path) -> None:
+    with TestClient(create_app(make_settings(tiny_model_dir, max_length=48))) as client:
+        wait_ready(client)
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        long_text = "many words in a row " * 50
+        refused = client.post("/v1/embeddings", json={"input": ["short", long_text], "truncate": False})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "input[1]"
+        assert refused.json()["error"]["code"] == "input_too_long"
+        shortened = client.post("/v1/embeddings", json={"input": ["short", long_text]})
+        assert shortened.status_code == 200
+        assert shortened.json()["usage"]["prompt_tokens"] <= 2 * 48
+
+
+def test_request_token_and_text_limits(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_tokens_per_request=100, max_text_chars=50)
+    too_many = client.post("/v1/embeddings", json={"input": ["a few words"] * 10})
+    assert too_many.status_code == 400 and "MAX_TOKENS_PER_REQUEST" in too_many.json()["error"]["message"]
+    too_long = client.post("/v1/embeddings", json={"input": ["ok", "x" * 51]})
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "input[1]"
+
+
+def test_health_turns_red_when_the_engine_keeps_failing(
+    make_client: Callable[..., TestClient], tiny_family: EmbeddingFamily
+) -> None:
+    client = make_client()
+    engine = client.app.state.runtime.engine  # type: ignore[attr-defined]
+    broken = RecordingFamily(tiny_family)
+    broken.poison = {"<|im_start|>"}  # every prompt contains it: every batch fails
+    engine.family = broken
+    for _ in range(3):
+        assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 500
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "error"
+    engine.family = tiny_family  # the fault clears: the canary succeeds and health is green again
+    assert client.get("/health").status_code == 200
+
+
+def test_bad_inputs_do_not_make_health_red(client: TestClient) -> None:
+    for _ in range(5):
+        response = client.post("/v1/embeddings", json={"input": {"type": "image", "data": "not-an-image!"}})
+        assert response.status_code == 400
+    assert client.get("/health").status_code == 200
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(tiny_model_dir: Path) -> None:
+    port = free_port()
+    env = dict(
+        os.environ,
+        MODEL_PATH=str(tiny_model_dir),
+        PORT=str(port),
+        HOST="127.0.0.1",
+        API_KEY=API_KEY,
+        LOG_LEVEL="warning",
+        SHUTDOWN_TIMEOUT="20",
+        DEVICE="cpu",
+    )
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embedding_api"], env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        expected = np.array(
+            httpx.post(f"{url}/v1/embeddings", json={"input": "steady"}, headers=headers, timeout=30).json()["data"][0][
+                "embedding"
+            ]
+        )
+        sent_term = threading.Event()
+
+        def one(i: int) -> tuple[str, float]:
+            try:
+                response = httpx.post(
+                    f"{url}/v1/embeddings", json={"input": ["steady"] * 8}, headers=headers, timeout=60
+                )
+            except httpx.HTTPError:
+                return ("refused" if sent_term.is_set() else "error-before-term", 0.0)
+            if response.status_code != 200:
+                return (f"status-{response.status_code}", 0.0)
+            got = np.array(response.json()["data"][7]["embedding"])
+            return ("ok", float(np.abs(got - expected).max()))
+
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(one, i) for i in range(120)]
+            time.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+            sent_term.set()
+            outcomes = [future.result() for future in futures]
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    kinds = {kind for kind, _ in outcomes}
+    assert kinds <= {"ok", "refused", "status-503"}, kinds
+    ok = [diff for kind, diff in outcomes if kind == "ok"]
+    assert len(ok) >= 10  # requests were in flight when the signal came
+    assert max(ok) <= 1e-5  # and every accepted one finished with the right vector
