@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TINY_MODEL := models/tiny-random
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run demo demo-model test lint bench bench-adapter clean
+.PHONY: help install install-dev run download demo demo-model test lint bench bench-adapter clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ install-dev: $(VENV)/.dev ## add the test and lint tools
 
 run: install ## serve MODEL_PATH (from .env or the environment) on HOST:PORT
 	$(PY) -m embedding_api
+
+download: install ## download MODEL_PATH's hub id into models/<name> and print the MODEL_PATH line for .env
+	$(PY) -m embedding_api download
 
 demo-model: install ## build the tiny random checkpoint in models/tiny-random
 	test -f $(TINY_MODEL)/config.json || $(PY) -m embedding_api.tiny_checkpoint $(TINY_MODEL)

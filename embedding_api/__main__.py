@@ -1,5 +1,5 @@
 import sys
 
-from embedding_api.cli import serve
+from embedding_api.cli import main
 
-sys.exit(serve(sys.argv[1:]))
+sys.exit(main(sys.argv[1:]))

@@ -13,12 +13,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from embedding_api import __version__
-from embedding_api.auth import AuthMiddleware, KeyChecker
+from embedding_api.auth import PUBLIC_PATHS, AuthMiddleware, KeyChecker
 from embedding_api.errors import ApiError, ErrorKind, error_body
+from embedding_api.logs import safe_traceback
+from embedding_api.metrics import METRICS_PATH, Metrics, ModelInfo, ObservingMiddleware
+from embedding_api.playground import router as playground_router
 from embedding_api.request_body import validation_error
 from embedding_api.responses import json_response
 from embedding_api.routes import router
 from embedding_api.runtime import FamilyLoader, Runtime
+from embedding_api.seed_routes import router as seed_router
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,8 +48,27 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> Response:
-        log.error("unhandled error", exc_info=exc)
+        log.error("unhandled error: %s\n%s", type(exc).__name__, safe_traceback((type(exc), exc, exc.__traceback__)))
         return json_response(error_body(ErrorKind.INTERNAL, "internal error"), 500)
+
+
+def _metrics(runtime: Runtime) -> Metrics:
+    """This app's metrics, reading the queue and the model from the runtime at scrape time."""
+
+    def queue_depth() -> int:
+        return runtime.engine.queued_items if runtime.engine is not None else 0
+
+    def model_info() -> ModelInfo | None:
+        family, settings = runtime.family, runtime.settings
+        if family is None:
+            return None
+        dimension = settings.embedding_dimension or family.dimension
+        return ModelInfo(name=settings.model_name, dimension=dimension, device=family.device, dtype=family.dtype)
+
+    metrics = Metrics(queue_depth=queue_depth, model_info=model_info)
+    runtime.engine_observer = metrics
+    runtime.on_media_fetched = metrics.media_fetched
+    return metrics
 
 
 def create_app(
@@ -78,7 +101,12 @@ def create_app(
         redoc_url=None,
     )
     app.state.runtime = runtime
-    app.add_middleware(AuthMiddleware, checker=KeyChecker(settings.api_keys))
+    app.state.metrics = _metrics(runtime)
+    public = PUBLIC_PATHS if settings.metrics_require_key else PUBLIC_PATHS | {METRICS_PATH}
+    app.add_middleware(AuthMiddleware, checker=KeyChecker(settings.api_keys), public_paths=public)
+    app.add_middleware(ObservingMiddleware, metrics=app.state.metrics, router_app=app)  # outermost
     _install_error_handlers(app)
     app.include_router(router)
+    app.include_router(seed_router)
+    app.include_router(playground_router)
     return app

@@ -1,4 +1,7 @@
-"""API-key check for every route not on the public list (routes added later are protected by default)."""
+"""API-key check for every route not on the public list (routes added later are protected by default).
+
+`/metrics` joins the public list unless METRICS_REQUIRE_KEY is set (see create_app).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from embedding_api.errors import ErrorKind, error_body
 from embedding_api.responses import json_response
 
-PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 
 def _digest(value: str) -> bytes:
@@ -54,12 +57,13 @@ def presented_key(headers: dict[str, str]) -> str | None:
 class AuthMiddleware:
     """Pure ASGI middleware: 401 in OpenAI's error shape unless the path is public or the key is good."""
 
-    def __init__(self, app: ASGIApp, checker: KeyChecker) -> None:
+    def __init__(self, app: ASGIApp, checker: KeyChecker, public_paths: frozenset[str] = PUBLIC_PATHS) -> None:
         self.app = app
         self.checker = checker
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.checker.enabled or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or not self.checker.enabled or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}

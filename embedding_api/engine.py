@@ -14,6 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -51,6 +52,14 @@ class EmbedResult:
     inference_ms: float
 
 
+class EngineObserver(Protocol):
+    """Optional hooks for metrics; called on the event loop, must be quick and must not raise."""
+
+    def items_queued(self, items: list[PreparedItem]) -> None: ...
+
+    def batch_run(self, size: int, tokens: int, seconds: float) -> None: ...
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -65,8 +74,10 @@ class Engine:
         *,
         max_queued_items: int = 65536,
         cpu_workers: int = 2,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.family = family
+        self.observer = observer
         self.budget = budget
         self.max_queued_items = max_queued_items
         self._cpu = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu")
@@ -129,6 +140,8 @@ class Engine:
         entries = [_Entry(item, loop.create_future()) for item in items]
         self._pending.extend(entries)
         self._wake.set()
+        if self.observer is not None:
+            self.observer.items_queued(items)
         try:
             results = await asyncio.gather(*(entry.future for entry in entries))
         except BaseException as exc:
@@ -249,6 +262,8 @@ class Engine:
         self.batches_run += 1
         self.consecutive_failures = 0
         inference_ms = (finished - started) * 1000
+        if self.observer is not None:
+            self.observer.batch_run(len(live), sum(batch.token_counts[: len(live)]), finished - started)
         for index, entry in enumerate(live):
             if not entry.future.done():
                 queue_ms = (started - entry.queued_at) * 1000

@@ -6,10 +6,15 @@ import asyncio
 import base64
 import binascii
 import io
+import math
 import re
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from embedding_api.errors import ApiError, ErrorKind
@@ -21,7 +26,16 @@ from embedding_api.sampling import even_positions
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/_\-\s]+={0,2}\s*$")
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+# FFmpeg demuxers a video file may be opened with (real video containers only; no playlists or concat lists).
+VIDEO_FORMATS = "mov,mp4,matroska,webm,avi,mpegts,mpeg,flv,ogg,asf,gif,m4v,h264,hevc"
 VIDEO_SAMPLE_FPS = 1.0
+DEFAULT_VIDEO_FPS = 24.0
+MAX_DECODED_FRAMES = 20_000  # a video needing more frames decoded than this is refused (about 11 minutes at 30 fps)
+
+
+# Pillow's process-wide bomb check is replaced by decode_image's per-server MAX_IMAGE_PIXELS, which reads the same
+# header before any pixel is decoded; leaving Pillow's lower default in force would cap what operators can raise.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -74,21 +88,27 @@ def decode_image(data: bytes, param: str, limits: MediaLimits) -> Image.Image:
                 )
             image.seek(0)
             image.load()
+            return to_rgb(image)
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _error(ErrorKind.MEDIA_DECODE, "image is too large to decode safely", param) from None
     except Exception:
         raise _error(ErrorKind.MEDIA_DECODE, "could not be decoded as an image", param) from None
-    return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any Pillow mode: 16/32-bit grey scaled to 8 bits, transparent areas on white, the rest converted."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.point(lambda value: value / 256).convert("L")
-    if image.mode == "P":
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if image.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values >> 8  # 16-bit samples: keep the high byte
+        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+    if image.mode == "La":  # premultiplied alpha
+        image = image.convert("LA")
+    if image.mode in ("P", "RGBa"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
@@ -99,7 +119,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
-    """Frames sampled at 1 fps (at most `max_video_frames`) from a video file, with their source indices."""
+    """Frames sampled at 1 fps (at most `max_video_frames`) from a video file, with their source indices.
+
+    The wanted frames are chosen up front from the stream's frame count (or duration); only those become images
+    and decoding stops after the last of them, so memory and time stay bounded. Frames above `max_image_pixels`
+    and videos of more than `MAX_DECODED_FRAMES` frames are refused.
+    """
     try:
         import av
     except ImportError:
@@ -109,32 +134,121 @@ def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
             param,
         ) from None
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), container_options={"format_whitelist": VIDEO_FORMATS}) as container:
+            if not container.streams.video:
+                raise _error(ErrorKind.MEDIA_DECODE, "has no video stream", param)
             stream = container.streams.video[0]
-            decoded = [frame.to_image() for frame in container.decode(stream)]
-            rate = float(stream.average_rate or stream.guessed_rate or 24.0)
+            rate = float(stream.average_rate or stream.guessed_rate or 0) or DEFAULT_VIDEO_FPS
+            if not math.isfinite(rate) or rate <= 0:
+                rate = DEFAULT_VIDEO_FPS
+            _check_frame_size(stream.codec_context.width or 0, stream.codec_context.height or 0, param, limits)
+            total = _frame_count(container, stream, rate)
+            if total is not None and total > MAX_DECODED_FRAMES:
+                raise _error(
+                    ErrorKind.MEDIA_DECODE,
+                    f"video has about {total} frames, above the {MAX_DECODED_FRAMES} frame limit",
+                    param,
+                )
+            wanted = None if total is None else sample_indices(total, rate, limits.max_video_frames)
+            frames, indices, seen = _read_frames(container.decode(stream), wanted, rate, param, limits)
+        if total is not None and seen < total and indices != sample_indices(seen, rate, limits.max_video_frames):
+            # The stated length was too long (the stream ended early): sample again over the true length.
+            with av.open(io.BytesIO(data), container_options={"format_whitelist": VIDEO_FORMATS}) as container:
+                stream = container.streams.video[0]
+                wanted = sample_indices(seen, rate, limits.max_video_frames)
+                frames, indices, _ = _read_frames(container.decode(stream), wanted, rate, param, limits)
+    except ApiError:
+        raise
     except Exception:
         raise _error(ErrorKind.MEDIA_DECODE, "could not be decoded as a video", param) from None
-    if not decoded:
+    if not frames:
         raise _error(ErrorKind.MEDIA_DECODE, "video has no frames", param)
-    total = len(decoded)
-    wanted = max(2, min(limits.max_video_frames, round(total / rate * VIDEO_SAMPLE_FPS)))
-    wanted = min(wanted, total) if total >= 2 else 1
+    return VideoClip(frames=frames, fps=rate, frame_indices=indices)
+
+
+def sample_indices(total: int, rate: float, max_frames: int) -> list[int]:
+    """Source indices kept from `total` frames at `rate` fps: 1 per second (at least 2, at most `max_frames`),
+    spread evenly from the first frame to the last."""
+    if total < 2:
+        return [0] if total == 1 else []
+    wanted = min(total, max(2, min(max_frames, round(total / rate * VIDEO_SAMPLE_FPS))))
     step = (total - 1) / max(1, wanted - 1)
-    indices = sorted({round(i * step) for i in range(wanted)})
-    return VideoClip(frames=[to_rgb(decoded[i]) for i in indices], fps=rate, frame_indices=indices)
+    return sorted({round(i * step) for i in range(wanted)})
+
+
+def _check_frame_size(width: int, height: int, param: str, limits: MediaLimits) -> None:
+    if width * height > limits.max_image_pixels:
+        raise _error(
+            ErrorKind.MEDIA_DECODE,
+            f"video frames are {width}x{height}, above the {limits.max_image_pixels} pixel limit",
+            param,
+        )
+
+
+def _frame_count(container: Any, stream: Any, rate: float) -> int | None:
+    """The stream's frame count when the file states it, else one estimated from its duration; None if unknown."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # in AV_TIME_BASE units
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return max(1, round(seconds * rate))
+
+
+def _read_frames(
+    decoded: Iterator[Any], wanted: list[int] | None, rate: float, param: str, limits: MediaLimits
+) -> tuple[list[Image.Image], list[int], int]:
+    """Images of the wanted frames (or, with no plan, one per second as they come), their indices, frames seen."""
+    frames: list[Image.Image] = []
+    indices: list[int] = []
+    keep = set(wanted or ())
+    last = max(keep, default=-1)
+    next_sample = 0.0  # only without a plan: index of the next frame to keep
+    seen = 0
+    for index, frame in enumerate(decoded):
+        seen = index + 1
+        if seen > MAX_DECODED_FRAMES:
+            raise _error(ErrorKind.MEDIA_DECODE, f"video has more than {MAX_DECODED_FRAMES} frames", param)
+        _check_frame_size(frame.width, frame.height, param, limits)
+        if wanted is not None:
+            if index in keep:
+                frames.append(to_rgb(frame.to_image()))
+                indices.append(index)
+            if index >= last:
+                break
+        elif index >= next_sample:
+            frames.append(to_rgb(frame.to_image()))
+            indices.append(index)
+            next_sample += rate / VIDEO_SAMPLE_FPS
+            if len(frames) >= limits.max_video_frames:
+                break
+    return frames, indices, seen
 
 
 class MediaResolver:
     """Fetches and decodes every media reference of a request concurrently."""
 
-    def __init__(self, fetcher: MediaFetcher, limits: MediaLimits) -> None:
+    def __init__(
+        self,
+        fetcher: MediaFetcher,
+        limits: MediaLimits,
+        on_fetched: Callable[[str, float, int], None] | None = None,
+    ) -> None:
         self.fetcher = fetcher
         self.limits = limits
+        self.on_fetched = on_fetched  # (media kind, seconds, bytes) per URL downloaded, for metrics
 
     async def _bytes(self, ref: MediaRef, expect: str) -> bytes:
         if is_fetchable(ref.source):
-            return await self.fetcher.fetch(ref.source, ref.param)
+            started = time.perf_counter()
+            data = await self.fetcher.fetch(ref.source, ref.param)
+            if self.on_fetched is not None:
+                self.on_fetched(expect, time.perf_counter() - started, len(data))
+            return data
         return decode_inline(ref.source, ref.param, expect=expect)
 
     async def _image(self, ref: MediaRef) -> Image.Image:

@@ -12,17 +12,23 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.logs import current_request
+from embedding_api.metrics import CONTENT_TYPE, METRICS_PATH, Metrics
 from embedding_api.request_body import openapi_body, parse_body
 from embedding_api.responses import json_response
 from embedding_api.runtime import Runtime
 from embedding_api.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelCard, ModelList
-from embedding_api.service import EmbeddingService
+from embedding_api.service import EmbeddingAnswer, EmbeddingService
 
 Result = TypeVar("Result")
 router = APIRouter()
 _STARTED = int(time.time())
 _ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 500, 503, 504)
+}
+_ERRORS[429] = {
+    "model": ErrorResponse,
+    "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before retrying."}},
 }
 
 
@@ -80,6 +86,26 @@ def _service(request: Request) -> EmbeddingService:
     return runtime.service
 
 
+async def run_embedding(request: Request, service: EmbeddingService, body: EmbeddingRequest) -> EmbeddingAnswer:
+    """The use case, cancelled if the client leaves; its timings go to the request's log line and metrics."""
+    record = current_request.get()
+    if record is not None:
+        record.work_started = time.perf_counter()
+    answer = await until_disconnect(request, service.embed(body))
+    if record is not None:
+        record.tokens, record.queue_ms, record.inference_ms = answer.tokens, answer.queue_ms, answer.inference_ms
+    return answer
+
+
+def timing_headers(answer: EmbeddingAnswer, started: float) -> dict[str, str]:
+    total_ms = (time.perf_counter() - started) * 1000
+    return {
+        "x-queue-time": f"{answer.queue_ms:.2f}",
+        "x-inference-time": f"{answer.inference_ms:.2f}",
+        "x-total-time": f"{total_ms:.2f}",
+    }
+
+
 @router.post(
     "/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS, openapi_extra=openapi_body(EmbeddingRequest)
 )
@@ -87,14 +113,8 @@ async def create_embeddings(request: Request) -> Response:
     started = time.perf_counter()
     service = _service(request)
     body = parse_body(await read_body(request, service.settings.max_request_bytes), EmbeddingRequest)
-    answer = await until_disconnect(request, service.embed(body))
-    total_ms = (time.perf_counter() - started) * 1000
-    headers = {
-        "x-queue-time": f"{answer.queue_ms:.2f}",
-        "x-inference-time": f"{answer.inference_ms:.2f}",
-        "x-total-time": f"{total_ms:.2f}",
-    }
-    return Response(answer.body, media_type="application/json", headers=headers)
+    answer = await run_embedding(request, service, body)
+    return Response(answer.body, media_type="application/json", headers=timing_headers(answer, started))
 
 
 def _model_card(runtime: Runtime) -> ModelCard:
@@ -140,3 +160,10 @@ async def health(request: Request) -> Response:
         detail=detail,
     )
     return json_response(payload.model_dump(), 200 if status == "ok" else 503)
+
+
+@router.get(METRICS_PATH, include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; public unless METRICS_REQUIRE_KEY is set."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)

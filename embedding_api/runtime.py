@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from embedding_api.engine import Budget, Engine
+from embedding_api.engine import Budget, Engine, EngineObserver
 from embedding_api.families.base import EmbeddingFamily
 from embedding_api.fetch import FetchLimits, MediaFetcher
 from embedding_api.items import Item
@@ -32,6 +32,8 @@ class Runtime:
     settings: Settings
     loader: FamilyLoader = load_family
     on_fatal: Callable[[str], None] | None = None
+    engine_observer: EngineObserver | None = None  # metrics hooks (batches, queued items)
+    on_media_fetched: Callable[[str, float, int], None] | None = None  # metrics hook (kind, seconds, bytes)
     status: str = "loading"
     draining: bool = False  # set on SIGTERM: new requests get 503 while in-flight ones finish
     detail: str | None = None
@@ -57,7 +59,8 @@ class Runtime:
 
     async def start(self) -> None:
         """Open the HTTP client and load the model in the background, so /health can answer 503 meanwhile."""
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.image_fetch_timeout))
+        # trust_env=False: an environment proxy would make the connection itself, around the URL guard's checked address.
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.image_fetch_timeout), trust_env=False)
         self._load_task = asyncio.get_running_loop().create_task(self._load())
 
     async def _load(self) -> None:
@@ -73,10 +76,11 @@ class Runtime:
         # On a CPU more than ~8 large images per pass only adds latency; a GPU wants much bigger passes.
         auto_pixels = GPU_BATCH_PIXELS if family.device.startswith("cuda") else CPU_BATCH_PIXELS
         budget = Budget(settings.max_batch_tokens, settings.max_batch_pixels or auto_pixels, settings.max_batch_size)
-        engine = Engine(family, budget, max_queued_items=settings.max_queued_items)
+        engine = Engine(family, budget, max_queued_items=settings.max_queued_items, observer=self.engine_observer)
         engine.start()
         assert self.client is not None
-        service = EmbeddingService(settings, engine, MediaResolver(self.fetcher(), self.media_limits()))
+        resolver = MediaResolver(self.fetcher(), self.media_limits(), on_fetched=self.on_media_fetched)
+        service = EmbeddingService(settings, engine, resolver)
         try:
             await engine.embed(await engine.prepare([Item(texts=["warm up"])]))
         except Exception as exc:  # a device fault or out-of-memory on the first forward pass

@@ -38,6 +38,7 @@ def make_settings(model_dir: Path | str, **overrides: Any) -> Settings:
         "api_key": API_KEY,
         "device": "cpu",
         "_env_file": None,
+        "allow_private_media_urls": True,
     }
     values.update(overrides)
     return Settings(**values)

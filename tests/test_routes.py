@@ -75,7 +75,7 @@ def test_body_over_the_limit_answers_413(make_client: Callable[..., TestClient])
 
 
 def test_huge_text_is_shortened_to_max_length(client: TestClient) -> None:
-    response = client.post("/v1/embeddings", json={"input": "word " * 2_000_000})
+    response = client.post("/v1/embeddings", json={"input": "word " * 190_000})
     assert response.status_code == 200
     assert response.json()["usage"]["prompt_tokens"] <= 8192
 

@@ -1,0 +1,281 @@
+"""Prometheus metrics (one registry per app) and the middleware that times, labels and logs every request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from embedding_api.errors import ErrorKind, error_body
+from embedding_api.families.base import PreparedItem
+from embedding_api.logs import (
+    REQUEST_ID_HEADER,
+    RequestRecord,
+    current_request,
+    log_request,
+    request_id_from,
+    safe_traceback,
+)
+from embedding_api.responses import json_response
+
+log = logging.getLogger(__name__)
+
+PREFIX = "embedding_api"
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+UNMATCHED_ROUTE = "unmatched"
+METRICS_PATH = "/metrics"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    dimension: int
+    device: str
+    dtype: str
+
+
+class _LiveState(Collector):
+    """Read at scrape time: the queue depth and the served model (once loaded)."""
+
+    def __init__(self, queue_depth: Callable[[], int], model_info: Callable[[], ModelInfo | None]) -> None:
+        self._queue_depth = queue_depth
+        self._model_info = model_info
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting for the device.")
+        depth.add_metric([], self._queue_depth())
+        yield depth
+        info = GaugeMetricFamily(
+            f"{PREFIX}_model_info", "The served model (value 1).", labels=["name", "dimension", "device", "dtype"]
+        )
+        model = self._model_info()
+        if model is not None:
+            info.add_metric([model.name, str(model.dimension), model.device, model.dtype], 1)
+        yield info
+
+
+def modality_of(modalities: tuple[str, ...]) -> str:
+    """text, image, video, or fused (an item mixing several)."""
+    if len(modalities) == 1:
+        return modalities[0]
+    return "fused" if modalities else "text"
+
+
+class Metrics:
+    """Every metric family of one app, in that app's own registry."""
+
+    def __init__(
+        self,
+        queue_depth: Callable[[], int] = lambda: 0,
+        model_info: Callable[[], ModelInfo | None] = lambda: None,
+    ) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Whole request time by route template.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.preprocess_seconds = Histogram(
+            f"{PREFIX}_preprocess_seconds",
+            "Per request: parsing, media fetch and decode, tokenising (until queued).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_seconds = Histogram(
+            f"{PREFIX}_queue_seconds",
+            "Per request: time its items waited for a batch (the longest).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_seconds = Histogram(
+            f"{PREFIX}_inference_seconds",
+            "Per request: forward-pass time of its batches (the longest).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size", "Items per forward pass.", buckets=BATCH_SIZE_BUCKETS, registry=registry
+        )
+        self.batch_tokens = Histogram(
+            f"{PREFIX}_batch_tokens",
+            "Tokens per forward pass (unpadded).",
+            buckets=BATCH_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.items = Counter(
+            f"{PREFIX}_items",
+            "Embedded items by modality (text, image, video, fused).",
+            ["modality"],
+            registry=registry,
+        )
+        self.fetch_seconds = Histogram(
+            f"{PREFIX}_media_fetch_seconds",
+            "Time to download one image or video URL.",
+            ["media"],
+            buckets=FETCH_BUCKETS,
+            registry=registry,
+        )
+        self.fetch_bytes = Counter(
+            f"{PREFIX}_media_fetch_bytes", "Bytes downloaded for image and video URLs.", ["media"], registry=registry
+        )
+        registry.register(_LiveState(queue_depth, model_info))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # ---- hooks the engine and the media resolver call -----------------------------------------------------
+
+    def items_queued(self, items: list[PreparedItem]) -> None:
+        """Engine hook: a request's items reached the queue (runs in that request's context)."""
+        record = current_request.get()
+        if record is None:  # warm-up and health canaries
+            return
+        record.queued_at = time.perf_counter()
+        record.modalities.update(modality_of(item.modalities) for item in items)
+
+    def batch_run(self, size: int, tokens: int, seconds: float) -> None:
+        """Engine hook: one forward pass finished."""
+        self.batch_size.observe(size)
+        self.batch_tokens.observe(tokens)
+
+    def media_fetched(self, media: str, seconds: float, size: int) -> None:
+        """Media resolver hook: one URL downloaded."""
+        self.fetch_seconds.labels(media).observe(seconds)
+        self.fetch_bytes.labels(media).inc(size)
+
+    # ---- per request ----------------------------------------------------------------------------------------
+
+    def observe_request(self, record: RequestRecord, seconds: float) -> None:
+        self.requests.labels(record.route, record.method, str(record.status)).inc()
+        self.request_seconds.labels(record.route).observe(seconds)
+        if not 200 <= record.status < 300:
+            return
+        for modality, count in record.modalities.items():
+            self.items.labels(modality).inc(count)
+        if record.preprocess_ms is not None:
+            self.preprocess_seconds.observe(record.preprocess_ms / 1000)
+        if record.queue_ms is not None:
+            self.queue_seconds.observe(record.queue_ms / 1000)
+        if record.inference_ms is not None:
+            self.inference_seconds.observe(record.inference_ms / 1000)
+
+
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Routes with a path, through included routers (FastAPI wraps them) and mounts."""
+    for route in routes:
+        inner = getattr(route, "original_router", route)
+        nested = getattr(inner, "routes", None)
+        if nested is not None and not isinstance(getattr(route, "path", None), str):
+            yield from _leaf_routes(nested)
+        else:
+            yield route
+
+
+def route_template(app: ASGIApp, scope: Scope) -> str:
+    """The matched route's path template (never the raw path, so labels stay few)."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    # Not routed (refused by the auth middleware, say): match the templates here.
+    partial = None
+    for route in _leaf_routes(getattr(getattr(app, "router", None), "routes", ())):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(route.path)
+        if match is Match.PARTIAL and partial is None:
+            partial = str(route.path)
+    return partial or UNMATCHED_ROUTE
+
+
+class ObservingMiddleware:
+    """Outermost: request id (kept or made, echoed on every answer), timing, route labels, metrics, the log line.
+
+    Unexpected exceptions end here: logged without their message, answered 500 in the OpenAI shape.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, router_app: ASGIApp) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.router_app = router_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((value for key, value in scope["headers"] if key.lower() == b"x-request-id"), None)
+        record = RequestRecord(
+            request_id=request_id_from(incoming.decode("latin-1") if incoming else None), method=scope["method"]
+        )
+        token = current_request.set(record)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                record.status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((REQUEST_ID_HEADER.lower().encode(), record.request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            log.error(
+                "unhandled error (request_id=%s): %s\n%s",
+                record.request_id,
+                type(exc).__name__,
+                safe_traceback((type(exc), exc, exc.__traceback__)),
+            )
+            if not started:
+                response = json_response(error_body(ErrorKind.INTERNAL, "internal error"), 500)
+                await response(scope, receive, send_with_id)
+            else:
+                record.status = record.status or 500
+        finally:
+            current_request.reset(token)
+            seconds = time.perf_counter() - record.started
+            record.route = route_template(self.router_app, scope)
+            self.metrics.observe_request(record, seconds)
+            log_request(record, seconds * 1000)

@@ -1,0 +1,181 @@
+"""The seed's simple routes (`/embed/text`, `/embed/texts`, `/embed/image`, `/embed/image/base64`).
+
+Same engine, same auth, same error shape as `/v1/embeddings`: each builds the equivalent `/v1/embeddings`
+request and runs it through the one service, so the vectors are identical.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+from starlette.types import Message
+
+from embedding_api import __version__
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.request_body import openapi_body, parse_body
+from embedding_api.routes import _ERRORS, _service, read_body, run_embedding, timing_headers
+from embedding_api.schemas import EmbeddingRequest
+
+router = APIRouter(tags=["simple"])
+_LITTLE_ENDIAN_F32 = np.dtype("<f4")
+
+
+class TextBody(BaseModel):
+    text: str = Field(description="One text.")
+
+
+class TextsBody(BaseModel):
+    texts: list[str] = Field(description="Several texts; one vector each, in order.")
+
+
+class ImageBase64Body(BaseModel):
+    image_base64: str = Field(description="An image as base64 or a data URI.")
+
+
+class Embedding(BaseModel):
+    embedding: list[float]
+    dimension: int
+    model: str
+    version: str
+
+
+class Embeddings(BaseModel):
+    embeddings: list[list[float]]
+    dimension: int
+    model: str
+    version: str
+
+
+_MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+
+
+def _renamed(error: ApiError, param: str) -> ApiError:
+    """Errors name this route's field (`text`, `texts[1]`, `file`) instead of `input[...]`."""
+    if error.param is not None and error.param.startswith("input"):
+        old = error.param
+        new = param + old[len("input[0]") :] if param != "texts" else "texts" + old[len("input") :]
+        error.param = new
+        if error.message.startswith(f"{old}: "):
+            error.message = f"{new}: {error.message[len(old) + 2 :]}"
+    return error
+
+
+async def _vectors(request: Request, body: EmbeddingRequest, param: str) -> tuple[np.ndarray, dict[str, str], str]:
+    started = time.perf_counter()
+    service = _service(request)
+    body.encoding_format = "base64"  # exact float32 bytes back, no float parsing
+    try:
+        answer = await run_embedding(request, service, body)
+    except ApiError as error:
+        raise _renamed(error, param) from None
+    data = orjson.loads(answer.body)["data"]
+    matrix = np.stack([np.frombuffer(base64.b64decode(row["embedding"]), dtype=_LITTLE_ENDIAN_F32) for row in data])
+    return matrix, timing_headers(answer, started), service.settings.model_name
+
+
+def _answer(key: str, value: np.ndarray, model: str, headers: dict[str, str]) -> Response:
+    content: dict[str, Any] = {key: value, "dimension": int(value.shape[-1]), "model": model, "version": __version__}
+    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def _json(request: Request, model: type[BaseModel]) -> Any:
+    return parse_body(await read_body(request, _service(request).settings.max_request_bytes), model)
+
+
+@router.post("/embed/text", response_model=Embedding, responses=_ERRORS, openapi_extra=openapi_body(TextBody))
+async def embed_text(request: Request) -> Response:
+    body: TextBody = await _json(request, TextBody)
+    if not body.text:
+        raise ApiError(ErrorKind.INVALID_REQUEST, "text: must not be empty", param="text")
+    matrix, headers, model = await _vectors(request, EmbeddingRequest(input=body.text), "text")
+    return _answer("embedding", matrix[0], model, headers)
+
+
+@router.post("/embed/texts", response_model=Embeddings, responses=_ERRORS, openapi_extra=openapi_body(TextsBody))
+async def embed_texts(request: Request) -> Response:
+    body: TextsBody = await _json(request, TextsBody)
+    if not body.texts:
+        raise ApiError(ErrorKind.INVALID_REQUEST, "texts: must not be empty", param="texts")
+    matrix, headers, model = await _vectors(request, EmbeddingRequest(input=list(body.texts)), "texts")
+    return _answer("embeddings", matrix, model, headers)
+
+
+def _image_request(source: str) -> EmbeddingRequest:
+    return EmbeddingRequest(input=[{"type": "image", "data": source}])
+
+
+@router.post(
+    "/embed/image/base64", response_model=Embedding, responses=_ERRORS, openapi_extra=openapi_body(ImageBase64Body)
+)
+async def embed_image_base64(request: Request) -> Response:
+    body: ImageBase64Body = await _json(request, ImageBase64Body)
+    if not body.image_base64:
+        raise ApiError(ErrorKind.INVALID_REQUEST, "image_base64: must not be empty", param="image_base64")
+    if "://" in body.image_base64[:16]:
+        raise ApiError(
+            ErrorKind.INVALID_REQUEST, "image_base64: must be base64 or a data URI, not a URL", param="image_base64"
+        )
+    matrix, headers, model = await _vectors(request, _image_request(body.image_base64), "image_base64")
+    return _answer("embedding", matrix[0], model, headers)
+
+
+async def _uploaded_file(request: Request) -> bytes:
+    """The `file` field of a multipart upload, the whole body capped at MAX_REQUEST_BYTES."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise ApiError(
+            ErrorKind.INVALID_REQUEST, "send the image as multipart/form-data in a field named 'file'", param="file"
+        )
+    raw = await read_body(request, _service(request).settings.max_request_bytes)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+    except Exception:  # malformed multipart (bad boundary, too many parts)
+        raise ApiError(ErrorKind.INVALID_REQUEST, "the multipart body could not be parsed", param="file") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(ErrorKind.INVALID_REQUEST, "file is required (a multipart file field)", param="file")
+        data = await upload.read()
+    finally:
+        await form.close()
+    if not data:
+        raise ApiError(ErrorKind.INVALID_REQUEST, "file: the uploaded file is empty", param="file")
+    return data
+
+
+@router.post("/embed/image", response_model=Embedding, responses=_ERRORS, openapi_extra=_MULTIPART_BODY)
+async def embed_image(request: Request) -> Response:
+    data = await _uploaded_file(request)
+    source = base64.b64encode(data).decode("ascii")
+    matrix, headers, model = await _vectors(request, _image_request(source), "file")
+    return _answer("embedding", matrix[0], model, headers)

@@ -1,0 +1,739 @@
+"""`embedding_api.fetch`: fetching media URLs with limits, redirects by hand, and the SSRF guard end to end.
+
+No test here may send a packet anywhere but 127.0.0.0/8: the autouse `connections` fixture replaces the connection
+layer's connect with one that records every attempt and fails at once for any other address (or for a host name,
+which would mean a second DNS lookup). Hostile URLs must be refused before that point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from httpcore._backends.auto import AutoBackend
+
+from embedding_api import url_guard
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.fetch import FetchLimits, MediaFetcher, is_fetchable
+from embedding_api.url_guard import IPAddress, Resolver, UrlGuard, UrlPolicy
+from tests.conftest import MediaServer, free_port, image_bytes, make_image
+
+PARAM = "input[2]"
+PRIVATE_OK = UrlPolicy(allow_private=True)
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+PNG = image_bytes(make_image(16, 16, seed=4))
+
+
+@pytest.fixture(autouse=True)
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every TCP connection the HTTP client attempts; anything but an address in 127.0.0.0/8 fails immediately."""
+    attempts: list[tuple[str, int]] = []
+    original = AutoBackend.connect_tcp
+
+    async def guarded(self: AutoBackend, host: str, port: int, **kwargs: Any) -> Any:
+        attempts.append((host, port))
+        try:
+            on_loopback = ipaddress.ip_address(host) in LOOPBACK
+        except ValueError:
+            on_loopback = False
+        if not on_loopback:
+            raise AssertionError(f"a test tried to connect to {host}:{port}")
+        return await original(self, host, port, **kwargs)
+
+    monkeypatch.setattr(AutoBackend, "connect_tcp", guarded)
+    return attempts
+
+
+def limits(policy: UrlPolicy = PRIVATE_OK, **values: Any) -> FetchLimits:
+    return FetchLimits(policy=policy, **values)
+
+
+def fetch(
+    url: str,
+    fetch_limits: FetchLimits | None = None,
+    resolver: Resolver | None = None,
+    client: Callable[[], httpx.AsyncClient] = httpx.AsyncClient,
+) -> bytes:
+    async def go() -> bytes:
+        async with client() as http:
+            return await MediaFetcher(http, fetch_limits or limits(), resolver).fetch(url, PARAM)
+
+    return asyncio.run(go())
+
+
+def fetch_error(url: str, fetch_limits: FetchLimits | None = None, resolver: Resolver | None = None) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        fetch(url, fetch_limits, resolver)
+    error = caught.value
+    assert error.kind is ErrorKind.MEDIA_FETCH
+    assert error.status == 400
+    assert error.param == PARAM
+    assert error.message.startswith(f"{PARAM}: ")
+    return error
+
+
+class FakeResolver:
+    """Answers from a table (`later` answers every call after a host's first one); records every call."""
+
+    def __init__(self, answers: dict[str, list[str]], later: dict[str, list[str]] | None = None) -> None:
+        self.answers = answers
+        self.later = later or {}
+        self.calls: list[tuple[str, int]] = []
+
+    async def __call__(self, host: str, port: int) -> Sequence[str]:
+        seen = any(name == host for name, _ in self.calls)
+        self.calls.append((host, port))
+        if seen and host in self.later:
+            return self.later[host]
+        if host not in self.answers:
+            raise OSError("unknown host")
+        return self.answers[host]
+
+
+def vouch_for(monkeypatch: pytest.MonkeyPatch, host: str, address: str) -> None:
+    """Let the guard treat `address` as public for `host` only: a stand-in for a public CDN we cannot reach here."""
+    original = UrlGuard.address_allowed
+    vouched = ipaddress.ip_address(address)
+
+    def address_allowed(self: UrlGuard, name: str, ip: IPAddress) -> bool:
+        return (name == host and ip == vouched) or original(self, name, ip)
+
+    monkeypatch.setattr(UrlGuard, "address_allowed", address_allowed)
+
+
+class RouteServer:
+    """An HTTP(S) server on 127.0.0.1 with per-path status, headers and body; records hits, Host headers and SNI."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.hits: dict[str, int] = {}
+        self.hosts: list[str] = []
+        self.server_names: list[str | None] = []
+        routes, hits, hosts = self.routes, self.hits, self.hosts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits[self.path] = hits.get(self.path, 0) + 1
+                hosts.append(self.headers.get("Host", ""))
+                status, headers, body = routes.get(self.path, (404, {}, b"not found"))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def url(self, path: str, host: str = "127.0.0.1", scheme: str = "http") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def add(self, path: str, body: bytes = PNG, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.routes[path] = (status, headers or {"Content-Type": "image/png"}, body)
+
+    def redirect(self, path: str, location: str, status: int = 302) -> None:
+        self.add(path, b"", status, {"Location": location})
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def routes() -> Iterator[RouteServer]:
+    server = RouteServer()
+    yield server
+    server.close()
+
+
+# ---- is_fetchable ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "fetchable"),
+    [
+        ("http://example.com/a.png", True),
+        ("HTTPS://example.com/a.png", True),
+        ("file:///etc/passwd", True),
+        ("gopher://127.0.0.1/", True),
+        ("s3://bucket/key", True),
+        ("data:image/png;base64,AAAA", False),
+        ("iVBORw0KGgoAAAANSUhEUgAA", False),
+        ("://nothing", False),
+        (" http://example.com/", False),
+    ],
+)
+def test_is_fetchable(source: str, fetchable: bool) -> None:
+    assert is_fetchable(source) is fetchable
+
+
+# ---- MediaFetcher.fetch (moved from test_media.py) ------------------------------------------------------------
+
+
+def test_fetch_200(media_server: MediaServer) -> None:
+    png = image_bytes(make_image())
+    url = media_server.add("/ok.png", png)
+    assert fetch(url) == png
+    assert media_server.hits["/ok.png"] == 1
+
+
+def test_fetch_404(media_server: MediaServer) -> None:
+    error = fetch_error(media_server.add("/gone.png", b"missing", "text/plain", status=404))
+    assert "HTTP 404" in error.message
+
+
+def test_fetch_redirect_without_location(media_server: MediaServer) -> None:
+    error = fetch_error(media_server.add("/moved.png", b"", "text/plain", status=302))
+    assert "HTTP 302 without a Location header" in error.message
+
+
+def test_fetch_body_over_max_bytes(media_server: MediaServer) -> None:
+    url = media_server.add("/big.png", b"x" * 2000)
+    error = fetch_error(url, limits(max_bytes=1999))
+    assert "1999 byte limit" in error.message
+    assert fetch(url, limits(max_bytes=2000)) == b"x" * 2000
+
+
+class _Server:
+    """A one-handler HTTP server on 127.0.0.1 that stops on exit."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/media"
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def undeclared_length_server() -> Iterator[_Server]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # HTTP/1.0, no Content-Length: the body ends when the connection closes
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            for _ in range(10):
+                self.wfile.write(b"y" * 1000)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with _Server(Handler) as server:
+        yield server
+
+
+def test_fetch_body_over_max_bytes_without_content_length(undeclared_length_server: _Server) -> None:
+    error = fetch_error(undeclared_length_server.url, limits(max_bytes=4000))
+    assert "4000 byte limit" in error.message
+    assert fetch(undeclared_length_server.url, limits(max_bytes=10_000)) == b"y" * 10_000
+
+
+def test_fetch_timeout() -> None:
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            release.wait(timeout=1.5)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with _Server(Handler) as server:
+        started = time.monotonic()
+        try:
+            error = fetch_error(server.url, limits(timeout=0.2))
+        finally:
+            release.set()
+        elapsed = time.monotonic() - started
+    assert "longer than 0.2 s" in error.message
+    assert elapsed < 1.2
+
+
+def test_fetch_timeout_covers_dns_resolution() -> None:
+    async def slow_resolver(host: str, port: int) -> Sequence[str]:
+        await asyncio.sleep(5)
+        return ["127.0.0.1"]
+
+    started = time.monotonic()
+    error = fetch_error("http://slow.example/a.png", limits(timeout=0.2), slow_resolver)
+    assert "longer than 0.2 s" in error.message
+    assert time.monotonic() - started < 1.2
+
+
+def test_fetch_connection_refused() -> None:
+    error = fetch_error(f"http://127.0.0.1:{free_port()}/nothing.png")
+    assert "could not fetch" in error.message
+
+
+# ---- the guard in the fetcher -----------------------------------------------------------------------------------
+
+
+def test_connects_to_the_checked_address_with_the_original_host_header(
+    routes: RouteServer, connections: list[tuple[str, int]]
+) -> None:
+    routes.add("/img.png?v=1")
+    resolver = FakeResolver({"images.internal.test": ["127.0.0.1"]})
+    assert fetch(routes.url("/img.png?v=1", host="Images.Internal.TEST"), resolver=resolver) == PNG
+    assert resolver.calls == [("images.internal.test", routes.port)]
+    assert connections == [("127.0.0.1", routes.port)]
+    assert routes.hosts == [f"images.internal.test:{routes.port}"]
+
+
+def test_private_addresses_are_refused_by_default(routes: RouteServer, connections: list[tuple[str, int]]) -> None:
+    routes.add("/img.png")
+    error = fetch_error(routes.url("/img.png"), limits(UrlPolicy()))
+    assert error.message == (
+        f"{PARAM}: the URL points to a non-public address (set ALLOW_PRIVATE_MEDIA_URLS=true to allow)"
+    )
+    named = fetch_error(
+        routes.url("/img.png", host="cdn.test"), limits(UrlPolicy()), FakeResolver({"cdn.test": ["127.0.0.1"]})
+    )
+    assert named.message == (
+        f"{PARAM}: the URL's host resolves to a non-public address (set ALLOW_PRIVATE_MEDIA_URLS=true to allow)"
+    )
+    assert "127.0.0.1" not in named.message
+    assert routes.hits == {} and connections == []
+
+
+def test_unresolvable_host() -> None:
+    error = fetch_error("http://nowhere.test/a.png", resolver=FakeResolver({}))
+    assert error.message == f"{PARAM}: the URL's host could not be resolved"
+
+
+# ---- DNS rebinding --------------------------------------------------------------------------------------------
+
+
+def test_dns_rebinding_cannot_win(
+    routes: RouteServer, connections: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is resolved once per hop and the connection goes to exactly that checked address."""
+    routes.add("/img.png")
+    resolver = FakeResolver({"rebind.test": ["127.0.0.1"]}, later={"rebind.test": ["169.254.169.254"]})
+    vouch_for(monkeypatch, "rebind.test", "127.0.0.1")
+    assert fetch(routes.url("/img.png", host="rebind.test"), limits(UrlPolicy()), resolver) == PNG
+    assert resolver.calls == [("rebind.test", routes.port)]
+    assert connections == [("127.0.0.1", routes.port)]
+    assert routes.hosts == [f"rebind.test:{routes.port}"]
+
+
+def test_dns_rebinding_between_redirect_hops_is_caught(
+    routes: RouteServer, connections: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hop resolves again (once) and checks again: a name that flips to a metadata address is refused."""
+    routes.redirect("/first", "/second")
+    routes.add("/second")
+    resolver = FakeResolver({"rebind.test": ["127.0.0.1"]}, later={"rebind.test": ["169.254.169.254"]})
+    vouch_for(monkeypatch, "rebind.test", "127.0.0.1")
+    error = fetch_error(routes.url("/first", host="rebind.test"), limits(UrlPolicy()), resolver)
+    assert "a redirect was refused: the URL's host resolves to a non-public address" in error.message
+    assert resolver.calls == [("rebind.test", routes.port)] * 2
+    assert connections == [("127.0.0.1", routes.port)]
+    assert routes.hits == {"/first": 1}
+
+
+# ---- redirects ------------------------------------------------------------------------------------------------
+
+
+def test_redirect_chain_up_to_max_redirects(routes: RouteServer) -> None:
+    routes.redirect("/r1", routes.url("/r2"), 301)  # absolute
+    routes.redirect("/r2", f"//127.0.0.1:{routes.port}/r3", 303)  # scheme-relative
+    routes.redirect("/r3", "img.png", 307)  # relative to /r3
+    routes.add("/img.png")
+    assert fetch(routes.url("/r1"), limits(max_redirects=3)) == PNG
+    assert routes.hits == {"/r1": 1, "/r2": 1, "/r3": 1, "/img.png": 1}
+
+
+def test_one_redirect_too_many(routes: RouteServer) -> None:
+    routes.redirect("/r1", "/r2", 308)
+    routes.redirect("/r2", "/r3")
+    routes.redirect("/r3", "/r4")
+    routes.redirect("/r4", "/img.png")
+    routes.add("/img.png")
+    error = fetch_error(routes.url("/r1"), limits(max_redirects=3))
+    assert "redirected more than 3 times (MAX_REDIRECTS)" in error.message
+    assert "/img.png" not in routes.hits
+    assert fetch(routes.url("/r1"), limits(max_redirects=4)) == PNG
+
+
+def test_redirect_loop_ends(routes: RouteServer) -> None:
+    routes.redirect("/loop", "/loop")
+    error = fetch_error(routes.url("/loop"), limits(max_redirects=3))
+    assert "more than 3 times" in error.message
+    assert routes.hits == {"/loop": 4}
+
+
+def test_no_redirects_when_max_redirects_is_zero(routes: RouteServer) -> None:
+    routes.redirect("/moved", "/img.png")
+    routes.add("/img.png")
+    assert "more than 0 times" in fetch_error(routes.url("/moved"), limits(max_redirects=0)).message
+    assert "/img.png" not in routes.hits
+
+
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("file:///etc/passwd", "redirects may only lead to http or https"),
+        ("gopher://127.0.0.1:70/_x", "not supported"),
+        ("http://127.0.0.1:1\\@example.com/", "backslash"),
+        ("http://example.com@127.0.0.1/", "user name or password"),
+        ("http://2130706433/", "dotted-decimal"),
+        ("http://exa%6dple.com/", "not a valid host name"),
+        ("http://a b/", "spaces or control characters"),
+    ],
+)
+def test_redirects_to_refused_urls(routes: RouteServer, location: str, reason: str) -> None:
+    routes.redirect("/start", location)
+    error = fetch_error(routes.url("/start"))
+    assert "a redirect was refused" in error.message
+    assert reason in error.message
+    assert routes.hits == {"/start": 1}
+
+
+def test_redirect_to_an_unparseable_location(routes: RouteServer) -> None:
+    routes.redirect("/start", "http://[::1/")
+    assert "could not fetch the URL" in fetch_error(routes.url("/start")).message
+    assert routes.hits == {"/start": 1}
+
+
+def test_allowed_domains_apply_to_every_hop(routes: RouteServer, connections: list[tuple[str, int]]) -> None:
+    resolver = FakeResolver({"img.example.com": ["127.0.0.1"], "evil.test": ["127.0.0.1"]})
+    policy = UrlPolicy(allow_private=True, allowed_domains=("example.com",))
+    routes.add("/img.png")
+    routes.redirect("/away", routes.url("/img.png", host="evil.test"))
+    routes.redirect("/stay", routes.url("/img.png", host="cdn.img.example.com"))
+    assert fetch(routes.url("/img.png", host="img.example.com"), limits(policy), resolver) == PNG
+    error = fetch_error(routes.url("/away", host="img.example.com"), limits(policy), resolver)
+    assert "a redirect was refused: the URL's host is not in ALLOWED_MEDIA_DOMAINS" in error.message
+    for url in (routes.url("/img.png", host="evil-example.com"), routes.url("/img.png")):
+        assert "not in ALLOWED_MEDIA_DOMAINS" in fetch_error(url, limits(policy), resolver).message
+    assert (
+        "could not be resolved"
+        in fetch_error(routes.url("/stay", host="img.example.com"), limits(policy), resolver).message
+    )
+    assert routes.hits == {"/img.png": 1, "/away": 1, "/stay": 1}
+    assert resolver.calls == [("img.example.com", routes.port)] * 3 + [("cdn.img.example.com", routes.port)]
+
+
+# ---- https: SNI and certificate checked against the original name ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    command += ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=images.example.com"]
+    command += ["-addext", "subjectAltName=DNS:images.example.com"]
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_routes(certificate: tuple[Path, Path]) -> Iterator[RouteServer]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    server = RouteServer(tls=context)
+    yield server
+    server.close()
+
+
+def test_https_uses_the_original_name_for_sni_and_certificate(
+    tls_routes: RouteServer,
+    certificate: tuple[Path, Path],
+    connections: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tls_routes.add("/img.png")
+    resolver = FakeResolver({"images.example.com": ["127.0.0.1"], "other.example.com": ["127.0.0.1"]})
+    vouch_for(monkeypatch, "images.example.com", "127.0.0.1")
+    trust = ssl.create_default_context(cafile=str(certificate[0]))
+
+    def client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(verify=trust)
+
+    url = tls_routes.url("/img.png", host="images.example.com", scheme="https")
+    assert fetch(url, limits(UrlPolicy()), resolver, client) == PNG
+    assert connections == [("127.0.0.1", tls_routes.port)]
+    assert tls_routes.server_names == ["images.example.com"]
+    assert tls_routes.hosts == [f"images.example.com:{tls_routes.port}"]
+
+    # A name the certificate does not cover fails verification (private allowed so the guard lets it through).
+    wrong = tls_routes.url("/img.png", host="other.example.com", scheme="https")
+    with pytest.raises(ApiError, match="could not fetch the URL"):
+        fetch(wrong, limits(), resolver, client)
+    assert tls_routes.server_names[-1] == "other.example.com"
+    assert tls_routes.hits == {"/img.png": 1}
+
+
+# ---- file:// ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def media_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "media"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "cat.png").write_bytes(PNG)
+    (tmp_path / "secret.png").write_bytes(PNG)
+    (root / "escape.png").symlink_to(tmp_path / "secret.png")
+    return root
+
+
+def test_file_url_inside_the_allowed_folder(media_folder: Path) -> None:
+    policy = UrlPolicy(local_root=str(media_folder))
+    assert fetch(f"file://{media_folder}/sub/cat.png", limits(policy)) == PNG
+    assert fetch(f"file://{media_folder}/sub/../sub/cat.png", limits(policy)) == PNG
+    error = fetch_error(f"file://{media_folder}/sub/cat.png", limits(policy, max_bytes=len(PNG) - 1))
+    assert f"over the {len(PNG) - 1} byte limit" in error.message
+
+
+@pytest.mark.parametrize("suffix", ["/../secret.png", "/sub/../../secret.png", "/escape.png", "/%2E%2E/secret.png"])
+def test_file_url_outside_the_allowed_folder(media_folder: Path, suffix: str) -> None:
+    error = fetch_error(f"file://{media_folder}{suffix}", limits(UrlPolicy(local_root=str(media_folder))))
+    assert error.message == f"{PARAM}: the file is outside ALLOWED_LOCAL_MEDIA_PATH"
+
+
+def test_file_urls_refused_without_a_folder(media_folder: Path) -> None:
+    error = fetch_error(f"file://{media_folder}/sub/cat.png", limits(PRIVATE_OK))
+    assert "file:// URLs are not allowed (set ALLOWED_LOCAL_MEDIA_PATH" in error.message
+
+
+def test_missing_file_says_nothing_more(media_folder: Path) -> None:
+    error = fetch_error(f"file://{media_folder}/nope.png", limits(UrlPolicy(local_root=str(media_folder))))
+    assert error.message == f"{PARAM}: the file could not be read"
+
+
+# ---- the SSRF suite, through the real HTTP endpoint ---------------------------------------------------------------
+
+
+HOSTILE_URLS = [
+    "http://localhost:{port}/x.png",
+    "HTTP://LOCALHOST.:{port}/x.png",
+    "http://127.0.0.1:{port}/x.png",
+    "https://127.0.0.1:{port}/x.png",
+    "http://127.1:{port}/x.png",
+    "http://2130706433:{port}/x.png",
+    "http://0x7f000001:{port}/x.png",
+    "http://0x7f.1:{port}/x.png",
+    "http://0177.0.0.1:{port}/x.png",
+    "http://0.0.0.0:{port}/x.png",
+    "http://[::1]:{port}/x.png",
+    "http://[::ffff:127.0.0.1]:{port}/x.png",
+    "http://[::ffff:7f00:1]:{port}/x.png",
+    "http://[64:ff9b::7f00:1]:{port}/x.png",
+    "http://[2002:7f00:1::1]:{port}/x.png",
+    "http://10.0.0.1:{port}/x.png",
+    "http://192.168.1.1:{port}/x.png",
+    "http://172.16.0.1:{port}/x.png",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://100.64.0.1:{port}/x.png",
+    "http://[fe80::1]:{port}/x.png",
+    "http://[fc00::1]:{port}/x.png",
+    "http://[::ffff:169.254.169.254]/latest/meta-data/",
+    "http://images.example.com:{port}/x.png",  # the patched resolver says 127.0.0.1
+    "http://metadata.example.com/latest/meta-data/",  # the patched resolver says 169.254.169.254
+    "http://mixed.example.com:{port}/x.png",  # one public and one loopback answer
+    "file:///etc/passwd",
+    "file://localhost/etc/passwd",
+    "gopher://127.0.0.1:{port}/_GET%20/x.png",
+    "dict://127.0.0.1:{port}/",
+    "http://127.0.0.1:{port}\\@example.com/x.png",
+    "http://example.com@127.0.0.1:{port}/x.png",
+    "http://example.com:{port}#@127.0.0.1/x.png",  # fragment trick: resolves example.com (unknown here) only
+    "http://127.0.0.1:{port}%2F@example.com/",
+    "http://127.0.0.1\t:{port}/x.png",
+]
+TEST_DNS = {
+    "images.example.com": ["127.0.0.1"],
+    "metadata.example.com": ["169.254.169.254"],
+    "mixed.example.com": ["93.184.216.34", "127.0.0.1"],
+}
+
+
+@pytest.fixture
+def guarded_client(make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    """The real app with the default (safe) URL settings, and a resolver that never leaves this machine."""
+    system = url_guard.resolve_host
+
+    async def resolve(host: str, port: int) -> Sequence[str]:
+        if host == "localhost":
+            return await system(host, port)
+        if host in TEST_DNS:
+            return TEST_DNS[host]
+        raise OSError("unknown host in the test")
+
+    monkeypatch.setattr(url_guard, "resolve_host", resolve)
+    return make_client(allow_private_media_urls=False)
+
+
+def embed_error(client: TestClient, url: str) -> dict[str, Any]:
+    response = client.post("/v1/embeddings", json={"input": [{"type": "image", "data": url}]})
+    assert response.status_code == 400, (url, response.status_code, response.text)
+    error: dict[str, Any] = response.json()["error"]
+    assert error["param"] == "input[0]", url
+    assert error["code"] == "media_fetch", (url, error)
+    assert error["message"].startswith("input[0]: "), url
+    return error
+
+
+def test_hostile_urls_are_refused_before_any_connection(
+    guarded_client: TestClient, media_server: MediaServer, connections: list[tuple[str, int]]
+) -> None:
+    assert len(HOSTILE_URLS) >= 15
+    port = media_server.httpd.server_address[1]
+    for path in ("/x.png", "/", "/latest/meta-data/"):
+        media_server.add(path, PNG)
+    for template in HOSTILE_URLS:
+        url = template.format(port=port)
+        error = embed_error(guarded_client, url)
+        for leaked in ("127.0.0.1", "169.254", "93.184", "::1", "/etc/"):
+            assert leaked not in error["message"], (url, error["message"])
+    assert media_server.hits == {}
+    assert connections == []
+
+
+def test_non_public_refusal_message_over_http(guarded_client: TestClient) -> None:
+    error = embed_error(guarded_client, "http://images.example.com/x.png")
+    assert error["message"] == (
+        "input[0]: the URL's host resolves to a non-public address (set ALLOW_PRIVATE_MEDIA_URLS=true to allow)"
+    )
+    literal = embed_error(guarded_client, "http://169.254.169.254/latest/meta-data/")
+    assert literal["message"] == (
+        "input[0]: the URL points to a non-public address (set ALLOW_PRIVATE_MEDIA_URLS=true to allow)"
+    )
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.1:{port}/secret",
+        "//127.0.0.1:{port}/secret",
+        "http://localhost:{port}/secret",
+        "http://2130706433:{port}/secret",
+        "http://[::ffff:127.0.0.1]:{port}/secret",
+        "http://images.example.com:{port}/secret",
+        "http://169.254.169.254/latest/meta-data/",
+        "file:///etc/passwd",
+    ],
+)
+def test_redirect_from_an_allowed_host_to_a_private_one(
+    guarded_client: TestClient,
+    routes: RouteServer,
+    connections: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+) -> None:
+    """cdn.example.com stands for a public CDN: it resolves to the test server, vouched public for that name only."""
+    monkeypatch.setitem(TEST_DNS, "cdn.example.com", ["127.0.0.1"])
+    vouch_for(monkeypatch, "cdn.example.com", "127.0.0.1")
+    routes.add("/secret")
+    routes.redirect("/start.png", target.format(port=routes.port))
+    error = embed_error(guarded_client, routes.url("/start.png", host="cdn.example.com"))
+    assert "a redirect was refused" in error["message"]
+    assert routes.hits == {"/start.png": 1}
+    assert "/secret" not in routes.hits
+    assert routes.hosts == [f"cdn.example.com:{routes.port}"]
+    assert connections == [("127.0.0.1", routes.port)]
+
+
+def test_vouched_host_really_fetches(
+    guarded_client: TestClient, routes: RouteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control for the test above: without the hostile redirect the same set-up embeds the image."""
+    monkeypatch.setitem(TEST_DNS, "cdn.example.com", ["127.0.0.1"])
+    vouch_for(monkeypatch, "cdn.example.com", "127.0.0.1")
+    routes.redirect("/start.png", "/cat.png")
+    routes.add("/cat.png")
+    url = routes.url("/start.png", host="cdn.example.com")
+    response = guarded_client.post("/v1/embeddings", json={"input": [{"type": "image", "data": url}]})
+    assert response.status_code == 200, response.text
+    assert routes.hits == {"/start.png": 1, "/cat.png": 1}
+
+
+# ---- the settings, through the real HTTP endpoint ----------------------------------------------------------------
+
+
+def test_allowed_media_domains_setting(make_client: Callable[..., TestClient], media_server: MediaServer) -> None:
+    client = make_client(allowed_media_domains="example.com, images.test")
+    url = media_server.add("/cat.png", PNG)
+    error = embed_error(client, url)
+    assert "not in ALLOWED_MEDIA_DOMAINS" in error["message"]
+    assert media_server.hits == {}
+
+
+def test_allow_private_media_urls_setting(make_client: Callable[..., TestClient], media_server: MediaServer) -> None:
+    url = media_server.add("/cat.png", PNG)
+    assert "non-public" in embed_error(make_client(allow_private_media_urls=False), url)["message"]
+    response = make_client(allow_private_media_urls=True).post(
+        "/v1/embeddings", json={"input": [{"type": "image", "data": url}]}
+    )
+    assert response.status_code == 200, response.text
+    assert media_server.hits == {"/cat.png": 1}
+    # the parse rules still apply in private mode
+    assert "dotted-decimal" in embed_error(make_client(), url.replace("127.0.0.1", "2130706433"))["message"]
+
+
+def test_max_redirects_setting(make_client: Callable[..., TestClient], routes: RouteServer) -> None:
+    routes.redirect("/r1", "/r2")
+    routes.redirect("/r2", "/cat.png")
+    routes.add("/cat.png")
+    assert "more than 1 times" in embed_error(make_client(max_redirects=1), routes.url("/r1"))["message"]
+    ok = make_client(max_redirects=2).post(
+        "/v1/embeddings", json={"input": [{"type": "image", "data": routes.url("/r1")}]}
+    )
+    assert ok.status_code == 200, ok.text
+
+
+def test_local_media_path_setting(make_client: Callable[..., TestClient], media_folder: Path) -> None:
+    inside = f"file://{media_folder}/sub/cat.png"
+    assert "set ALLOWED_LOCAL_MEDIA_PATH" in embed_error(make_client(), inside)["message"]
+    client = make_client(allowed_local_media_path=str(media_folder))
+    response = client.post("/v1/embeddings", json={"input": [{"type": "image", "data": inside}]})
+    assert response.status_code == 200, response.text
+    for outside in (f"file://{media_folder}/../secret.png", f"file://{media_folder}/escape.png", "file:///etc/passwd"):
+        assert "outside ALLOWED_LOCAL_MEDIA_PATH" in embed_error(client, outside)["message"]
+    small = make_client(allowed_local_media_path=str(media_folder), max_image_bytes=len(PNG) - 1)
+    assert "byte limit" in embed_error(small, inside)["message"]
