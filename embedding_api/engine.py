@@ -81,6 +81,8 @@ class Engine:
         self.budget = budget
         self.max_queued_items = max_queued_items
         self._cpu = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu")
+        # Collation has a thread of its own so a flood of per-item work never delays the next batch.
+        self._collate = ThreadPoolExecutor(1, thread_name_prefix="embed-collate")
         self._device = ThreadPoolExecutor(1, thread_name_prefix="embed-device")
         self._pending: list[_Entry] = []
         self._wake = asyncio.Event()
@@ -109,6 +111,7 @@ class Engine:
                 entry.future.set_exception(ApiError(ErrorKind.NOT_READY, "the server is shutting down"))
         self._pending.clear()
         self._cpu.shutdown(wait=False, cancel_futures=True)
+        self._collate.shutdown(wait=False, cancel_futures=True)
         self._device.shutdown(wait=True, cancel_futures=True)
 
     @property
@@ -238,7 +241,7 @@ class Engine:
                     self._on_device -= 1
             else:
                 # The device is busy: collate in the CPU pool meanwhile, so the device never waits on it.
-                batch = await loop.run_in_executor(self._cpu, self.family.collate, items)
+                batch = await loop.run_in_executor(self._collate, self.family.collate, items)
                 self._on_device += 1
                 try:
                     started = time.perf_counter()
