@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -142,32 +143,72 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
+class _Connection:
+    """A minimal keep-alive HTTP/1.1 client: pre-encoded requests, Content-Length bodies. It keeps the load
+    generator's own CPU use small, since it shares the machine's cores with the server it measures."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _encode(url: str, body: bytes) -> bytes:
+    host = url.split("//", 1)[1]
+    return (
+        f"POST /v1/embeddings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 async def _load(url: str, bodies: list[bytes], items_per_request: int, clients: int, seconds: float) -> LoadResult:
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    host, port = url.split("//", 1)[1].split(":")
+    requests = [_encode(url, body) for body in bodies]
     latencies: list[float] = []
     errors = 0
     done_items = 0
-    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
-        headers = {"Content-Type": "application/json"}
-        await client.post(f"{url}/v1/embeddings", content=bodies[0], headers=headers)  # warm the connection path
-        stop_at = time.perf_counter() + seconds
-        started = time.perf_counter()
+    warm = _Connection(host, int(port))
+    await warm.post(requests[0])  # warm the server's path once
+    warm.close()
+    stop_at = time.perf_counter() + seconds
+    started = time.perf_counter()
 
-        async def worker(offset: int) -> None:
-            nonlocal errors, done_items
-            k = offset
+    async def worker(offset: int) -> None:
+        nonlocal errors, done_items
+        connection = _Connection(host, int(port))
+        k = offset
+        try:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                response = await client.post(f"{url}/v1/embeddings", content=bodies[k % len(bodies)], headers=headers)
-                if response.status_code == 200:
+                status, _ = await connection.post(requests[k % len(requests)])
+                if status == 200:
                     latencies.append((time.perf_counter() - t0) * 1000)
                     done_items += items_per_request
                 else:
                     errors += 1
                 k += clients
+        finally:
+            connection.close()
 
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-        elapsed = time.perf_counter() - started
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - started
     return LoadResult(len(latencies), done_items, elapsed, latencies, errors)
 
 
@@ -188,6 +229,7 @@ def request_bodies(kind: str, count: int = 64) -> tuple[list[bytes], int]:
         images = [image_512_base64(i) for i in range(4)]
         bodies = []
         for i in range(count):
+            body: dict[str, Any]
             if i % 3 == 0:
                 body = {"input": [{"type": "image", "data": images[i % 4]}]}
             elif i % 3 == 1:
