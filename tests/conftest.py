@@ -49,7 +49,8 @@ def tiny_family(tiny_model_dir: Path) -> EmbeddingFamily:
     return load_family(make_settings(tiny_model_dir))
 
 
-def wait_ready(client: TestClient, timeout: float = 60) -> None:
+def wait_ready(client: Any, timeout: float = 60) -> None:
+    """Poll /health through any client with a requests-style `get` until the model is ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if client.get("/health").status_code == 200:

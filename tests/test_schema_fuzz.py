@@ -7,7 +7,6 @@ for that operation, have the declared content type, and match the declared body 
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from embedding_api.app import create_app
 from embedding_api.families.base import EmbeddingFamily
-from tests.conftest import API_KEY, b64, image_bytes, make_image, make_settings
+from tests.conftest import API_KEY, b64, image_bytes, make_image, make_settings, wait_ready
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHECKS = [
@@ -40,15 +39,6 @@ CHECKS = [
 MAX_EXAMPLES = 40
 
 
-def _wait_ready(client: asgi.ASGIClient, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/health").status_code == 200:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the app did not become ready")
-
-
 # Function scope: schemathesis's pytest plugin ends every ASGI lifespan when a test ends.
 @pytest.fixture
 def fuzz_app(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> Iterator[Any]:
@@ -56,7 +46,7 @@ def fuzz_app(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> Iterator[Any
     settings = make_settings(tiny_model_dir, allow_private_media_urls=False, request_timeout=30)
     app = create_app(settings, loader=lambda _: tiny_family)
     with asgi.get_client(app) as client:  # starts the lifespan (kept until shutdown_lifespans)
-        _wait_ready(client)
+        wait_ready(client)
     yield app
     asgi.shutdown_lifespans()
 
