@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -149,20 +150,24 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{b64(data)}"
 
 
-class MediaServer:
-    """A local HTTP server on 127.0.0.1 serving registered paths; counts hits."""
+class LocalHttpServer:
+    """An HTTP(S) server on 127.0.0.1 with per-path status, headers and body; records hits, Host headers and SNI."""
 
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, bytes, str]] = {}
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.hits: dict[str, int] = {}
-        routes, hits = self.routes, self.hits
+        self.hosts: list[str] = []
+        self.server_names: list[str | None] = []
+        routes, hits, hosts = self.routes, self.hits, self.hosts
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 hits[self.path] = hits.get(self.path, 0) + 1
-                status, body, mime = routes.get(self.path, (404, b"not found", "text/plain"))
+                hosts.append(self.headers.get("Host", ""))
+                status, headers, body = routes.get(self.path, (404, {"Content-Type": "text/plain"}, b"not found"))
                 self.send_response(status)
-                self.send_header("Content-Type", mime)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -171,16 +176,30 @@ class MediaServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        if tls is not None:
+            tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
-    def add(self, path: str, body: bytes, mime: str = "image/png", status: int = 200) -> str:
-        self.routes[path] = (status, body, mime)
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def url(self, path: str, host: str = "127.0.0.1", scheme: str = "http") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
 
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class MediaServer(LocalHttpServer):
+    """Serves media bodies by path; `add` returns the URL to put in a request."""
+
+    def add(self, path: str, body: bytes, mime: str = "image/png", status: int = 200) -> str:
+        self.routes[path] = (status, {"Content-Type": mime}, body)
+        return self.url(path)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from embedding_api import url_guard
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.fetch import FetchLimits, MediaFetcher, is_fetchable
 from embedding_api.url_guard import IPAddress, Resolver, UrlGuard, UrlPolicy
-from tests.conftest import MediaServer, free_port, image_bytes, make_image
+from tests.conftest import LocalHttpServer, MediaServer, free_port, image_bytes, make_image
 
 PARAM = "input[2]"
 PRIVATE_OK = UrlPolicy(allow_private=True)
@@ -113,54 +113,14 @@ def vouch_for(monkeypatch: pytest.MonkeyPatch, host: str, address: str) -> None:
     monkeypatch.setattr(UrlGuard, "address_allowed", address_allowed)
 
 
-class RouteServer:
-    """An HTTP(S) server on 127.0.0.1 with per-path status, headers and body; records hits, Host headers and SNI."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
-        self.hits: dict[str, int] = {}
-        self.hosts: list[str] = []
-        self.server_names: list[str | None] = []
-        routes, hits, hosts = self.routes, self.hits, self.hosts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                hits[self.path] = hits.get(self.path, 0) + 1
-                hosts.append(self.headers.get("Host", ""))
-                status, headers, body = routes.get(self.path, (404, {}, b"not found"))
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    def url(self, path: str, host: str = "127.0.0.1", scheme: str = "http") -> str:
-        return f"{scheme}://{host}:{self.port}{path}"
+class RouteServer(LocalHttpServer):
+    """Per-path status, headers and body, with redirects."""
 
     def add(self, path: str, body: bytes = PNG, status: int = 200, headers: dict[str, str] | None = None) -> None:
         self.routes[path] = (status, headers or {"Content-Type": "image/png"}, body)
 
     def redirect(self, path: str, location: str, status: int = 302) -> None:
         self.add(path, b"", status, {"Location": location})
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

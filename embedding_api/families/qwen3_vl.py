@@ -20,6 +20,7 @@ from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families import qwen_vision as vision
 from embedding_api.families.base import Batch, PreparedItem, finish_vectors
 from embedding_api.items import Item, VideoClip
+from embedding_api.sampling import even_positions
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class Qwen3VLFamily:
     def _prepare_video(self, clip: VideoClip) -> tuple[torch.Tensor, dict[str, Any]]:
         if not clip.frames:
             raise ApiError(ErrorKind.MEDIA_DECODE, "video has no frames")
-        positions = vision.sample_frame_positions(len(clip.frames))
+        positions = even_positions(len(clip.frames), vision.VIDEO_MAX_FRAMES)  # the recipe's 64
         frames = vision.pad_to_even([clip.frames[p] for p in positions])
         if clip.frame_indices is not None:
             indices = [clip.frame_indices[p] for p in positions]

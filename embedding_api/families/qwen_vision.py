@@ -10,7 +10,6 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.sampling import even_positions
 
 MAX_ASPECT_RATIO = 200
 VIDEO_MIN_PIXELS = 128 * 32 * 32
@@ -58,11 +57,6 @@ def resize_to(image: Image.Image, height: int, width: int) -> Image.Image:
     if image.size == (width, height):
         return image
     return image.resize((width, height), Image.Resampling.BICUBIC)
-
-
-def sample_frame_positions(count: int, limit: int = VIDEO_MAX_FRAMES) -> list[int]:
-    """Even subsampling of a frame list to at most `limit` frames (the recipe's 64)."""
-    return even_positions(count, limit)
 
 
 def pad_to_even(frames: list[Image.Image]) -> list[Image.Image]:
