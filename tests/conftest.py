@@ -150,6 +150,10 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{b64(data)}"
 
 
+class _BackloggedServer(ThreadingHTTPServer):
+    request_queue_size = 256  # a request's media are fetched all at once: the default backlog of 5 drops some
+
+
 class LocalHttpServer:
     """An HTTP(S) server on 127.0.0.1 with per-path status, headers and body; records hits, Host headers and SNI."""
 
@@ -175,7 +179,7 @@ class LocalHttpServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _BackloggedServer(("127.0.0.1", 0), Handler)
         if tls is not None:
             tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
             self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
