@@ -100,7 +100,7 @@ class Qwen3VLFamily:
         videos = [self._prepare_video(clip) for clip in item.videos]
         texts = [text[: self.max_length * _MAX_CHARS_PER_TOKEN] for text in item.texts]  # bounds tokenizer work
         instruction = with_final_punctuation(item.instruction or self.default_instruction)
-        tokens = self._count_tokens(instruction, texts, images, videos)
+        text, tokens = self._render_and_count(instruction, texts, images, videos)
         if tokens > self.max_length:
             if not item.truncate:
                 raise ApiError(
@@ -108,9 +108,9 @@ class Qwen3VLFamily:
                     f"input is {tokens} tokens, above MAX_LENGTH={self.max_length}, and truncate is false",
                     code="input_too_long",
                 )
-            texts, tokens = self._shorten(instruction, texts, images, videos, tokens)
+            text, tokens = self._shorten(instruction, texts, images, videos, tokens)
         prompt = _Prompt(
-            text=self._render(instruction, texts, len(images), len(videos)),
+            text=text,
             images=images,
             videos=[frames for frames, _ in videos],
             video_metadata=[meta for _, meta in videos],
@@ -165,14 +165,14 @@ class Qwen3VLFamily:
     def _visual_tokens(self, height: int, width: int, factor: int) -> int:
         return (height // factor) * (width // factor)
 
-    def _count_tokens(
+    def _render_and_count(
         self,
         instruction: str,
         texts: list[str],
         images: list[Image.Image],
         videos: list[tuple[torch.Tensor, dict[str, Any]]],
-    ) -> int:
-        """Tokens the model will see: the rendered prompt with each placeholder expanded as the processor does."""
+    ) -> tuple[str, int]:
+        """The rendered prompt, and the tokens the model will see: each placeholder expanded as the processor does."""
         prompt = self._render(instruction, texts, len(images), len(videos))
         count = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         for image in images:
@@ -184,7 +184,7 @@ class Qwen3VLFamily:
             stamp_tokens = len(self.tokenizer(stamps, add_special_tokens=False)["input_ids"])
             # the template's start/pad/end triple becomes, per frame group, stamp + start + pads + end
             count += stamp_tokens + groups * (per_group + 2) - 3
-        return count
+        return prompt, count
 
     def _timestamps(self, metadata: dict[str, Any]) -> list[float]:
         indices = metadata["frames_indices"]
@@ -199,8 +199,10 @@ class Qwen3VLFamily:
         images: list[Image.Image],
         videos: list[tuple[torch.Tensor, dict[str, Any]]],
         tokens: int,
-    ) -> tuple[list[str], int]:
+    ) -> tuple[str, int]:
         """Cut the user's text from its end so the whole template still fits (the pooled token stays the last)."""
+        texts = list(texts)
+        text = ""
         while tokens > self.max_length:
             overflow = tokens - self.max_length + _CUT_SLACK
             position = max((i for i, text in enumerate(texts) if text), default=None)
@@ -215,8 +217,8 @@ class Qwen3VLFamily:
             ]
             keep = max(0, len(offsets) - overflow)
             texts[position] = texts[position][: offsets[keep - 1][1]] if keep else ""
-            tokens = self._count_tokens(instruction, texts, images, videos)
-        return texts, tokens
+            text, tokens = self._render_and_count(instruction, texts, images, videos)
+        return text, tokens
 
     # ---- collate (CPU, per batch) ------------------------------------------------------------------------
 
