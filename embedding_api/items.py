@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from PIL import Image
 
 
+class Frames(Protocol):
+    """A video's frames: a list, or a file's frames decoded one at a time as they are iterated."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Image.Image]: ...
+
+
 @dataclass
 class VideoClip:
-    """Frames of one video, already decoded, with where they sit on the source timeline."""
+    """Frames of one video, and where they sit on the source timeline."""
 
-    frames: list[Image.Image]
-    fps: float = 1.0
-    frame_indices: list[int] | None = None  # None: frames are consecutive samples at `fps`
+    frames: Frames
+    fps: float | None = None  # None: a video given as a list of frames, which has no timeline of its own
+    frame_indices: list[int] | None = None  # source index of each frame (video files)
 
 
 @dataclass

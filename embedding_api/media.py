@@ -16,19 +16,19 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from qwen_vl_utils import vision_process
 
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.fetch import MediaFetcher, is_fetchable
 from embedding_api.inputs import ItemSpec, MediaRef, VideoSpec
 from embedding_api.items import Item, VideoClip
-from embedding_api.sampling import even_positions
+from embedding_api.sampling import even_positions, video_file_indices
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/_\-\s]+={0,2}\s*$")
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 # FFmpeg demuxers a video file may be opened with (real video containers only; no playlists or concat lists).
 VIDEO_FORMATS = "mov,mp4,matroska,webm,avi,mpegts,mpeg,flv,ogg,asf,gif,m4v,h264,hevc"
-VIDEO_SAMPLE_FPS = 1.0
 DEFAULT_VIDEO_FPS = 24.0
 MAX_DECODED_FRAMES = 20_000  # a video needing more frames decoded than this is refused (about 11 minutes at 30 fps)
 
@@ -98,35 +98,34 @@ def decode_image(data: bytes, param: str, limits: MediaLimits) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB of any Pillow mode: 16/32-bit grey scaled to 8 bits, transparent areas on white, the rest converted."""
-    if image.mode == "RGB":
-        return image
+    """RGB as qwen-vl-utils makes it (RGBA on white, every other mode a plain convert that drops alpha), except
+    16/32-bit grey, scaled to 8 bits by its high byte (a plain convert clips it to white)."""
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image).astype(np.int64)
         if image.mode.startswith("I;16") or values.max(initial=0) > 255:
             values = values >> 8  # 16-bit samples: keep the high byte
         image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
-    if image.mode == "La":  # premultiplied alpha
-        image = image.convert("LA")
-    if image.mode in ("P", "RGBa"):
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.split()[3])
-        return background
-    return image.convert("RGB")
+    if image.mode == "RGB":
+        return image
+    rgb: Image.Image = vision_process.to_rgb(image)
+    return rgb
+
+
+def _open_video(data: bytes) -> Any:
+    import av
+
+    return av.open(io.BytesIO(data), container_options={"format_whitelist": VIDEO_FORMATS})
 
 
 def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
-    """Frames sampled at 1 fps (at most `max_video_frames`) from a video file, with their source indices.
+    """A video file, probed and planned: its frame count (stated, else counted by demuxing without decoding), its
+    fps, and the frames to take (`sampling.video_file_indices`). The frames themselves are decoded later, one at a
+    time, when the clip is prepared (`FileFrames`), so memory holds one full-size frame at most.
 
-    The wanted frames are chosen up front from the stream's frame count (or duration); only those become images
-    and decoding stops after the last of them, so memory and time stay bounded. Frames above `max_image_pixels`
-    and videos of more than `MAX_DECODED_FRAMES` frames are refused.
+    Frames above `max_image_pixels` and videos of more than `MAX_DECODED_FRAMES` frames are refused.
     """
     try:
-        import av
+        import av  # noqa: F401
     except ImportError:
         raise _error(
             ErrorKind.UNSUPPORTED_INPUT,
@@ -134,7 +133,7 @@ def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
             param,
         ) from None
     try:
-        with av.open(io.BytesIO(data), container_options={"format_whitelist": VIDEO_FORMATS}) as container:
+        with _open_video(data) as container:
             if not container.streams.video:
                 raise _error(ErrorKind.MEDIA_DECODE, "has no video stream", param)
             stream = container.streams.video[0]
@@ -142,38 +141,17 @@ def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
             if not math.isfinite(rate) or rate <= 0:
                 rate = DEFAULT_VIDEO_FPS
             _check_frame_size(stream.codec_context.width or 0, stream.codec_context.height or 0, param, limits)
-            total = _frame_count(container, stream, rate)
-            if total is not None and total > MAX_DECODED_FRAMES:
-                raise _error(
-                    ErrorKind.MEDIA_DECODE,
-                    f"video has about {total} frames, above the {MAX_DECODED_FRAMES} frame limit",
-                    param,
-                )
-            wanted = None if total is None else sample_indices(total, rate, limits.max_video_frames)
-            frames, indices, seen = _read_frames(container.decode(stream), wanted, rate, param, limits)
-        if total is not None and seen < total and indices != sample_indices(seen, rate, limits.max_video_frames):
-            # The stated length was too long (the stream ended early): sample again over the true length.
-            with av.open(io.BytesIO(data), container_options={"format_whitelist": VIDEO_FORMATS}) as container:
-                stream = container.streams.video[0]
-                wanted = sample_indices(seen, rate, limits.max_video_frames)
-                frames, indices, _ = _read_frames(container.decode(stream), wanted, rate, param, limits)
+            total = _frame_count(container, stream)
+            if total > MAX_DECODED_FRAMES:
+                raise _too_many_frames(total, param)
     except ApiError:
         raise
     except Exception:
         raise _error(ErrorKind.MEDIA_DECODE, "could not be decoded as a video", param) from None
-    if not frames:
+    if total < 1:
         raise _error(ErrorKind.MEDIA_DECODE, "video has no frames", param)
-    return VideoClip(frames=frames, fps=rate, frame_indices=indices)
-
-
-def sample_indices(total: int, rate: float, max_frames: int) -> list[int]:
-    """Source indices kept from `total` frames at `rate` fps: 1 per second (at least 2, at most `max_frames`),
-    spread evenly from the first frame to the last."""
-    if total < 2:
-        return [0] if total == 1 else []
-    wanted = min(total, max(2, min(max_frames, round(total / rate * VIDEO_SAMPLE_FPS))))
-    step = (total - 1) / max(1, wanted - 1)
-    return sorted({round(i * step) for i in range(wanted)})
+    indices = video_file_indices(total, rate, limits.max_video_frames)
+    return VideoClip(frames=FileFrames(data, indices, param, limits), fps=rate, frame_indices=indices)
 
 
 def _check_frame_size(width: int, height: int, param: str, limits: MediaLimits) -> None:
@@ -185,48 +163,61 @@ def _check_frame_size(width: int, height: int, param: str, limits: MediaLimits) 
         )
 
 
-def _frame_count(container: Any, stream: Any, rate: float) -> int | None:
-    """The stream's frame count when the file states it, else one estimated from its duration; None if unknown."""
+def _too_many_frames(count: int, param: str) -> ApiError:
+    return _error(
+        ErrorKind.MEDIA_DECODE, f"video has {count} frames or more, above the {MAX_DECODED_FRAMES} frame limit", param
+    )
+
+
+def _frame_count(container: Any, stream: Any) -> int:
+    """Frames in the stream: as the file states them, else its packets counted (demuxing only, no decoding,
+    stopping one past the cap)."""
     if stream.frames and stream.frames > 0:
         return int(stream.frames)
-    seconds = None
-    if stream.duration and stream.time_base:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration:
-        seconds = container.duration / 1_000_000  # in AV_TIME_BASE units
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        return None
-    return max(1, round(seconds * rate))
+    count = 0
+    for packet in container.demux(stream):
+        if packet.size:
+            count += 1
+            if count > MAX_DECODED_FRAMES:
+                break
+    return count
 
 
-def _read_frames(
-    decoded: Iterator[Any], wanted: list[int] | None, rate: float, param: str, limits: MediaLimits
-) -> tuple[list[Image.Image], list[int], int]:
-    """Images of the wanted frames (or, with no plan, one per second as they come), their indices, frames seen."""
-    frames: list[Image.Image] = []
-    indices: list[int] = []
-    keep = set(wanted or ())
-    last = max(keep, default=-1)
-    next_sample = 0.0  # only without a plan: index of the next frame to keep
-    seen = 0
-    for index, frame in enumerate(decoded):
-        seen = index + 1
-        if seen > MAX_DECODED_FRAMES:
-            raise _error(ErrorKind.MEDIA_DECODE, f"video has more than {MAX_DECODED_FRAMES} frames", param)
-        _check_frame_size(frame.width, frame.height, param, limits)
-        if wanted is not None:
-            if index in keep:
-                frames.append(to_rgb(frame.to_image()))
-                indices.append(index)
-            if index >= last:
-                break
-        elif index >= next_sample:
-            frames.append(to_rgb(frame.to_image()))
-            indices.append(index)
-            next_sample += rate / VIDEO_SAMPLE_FPS
-            if len(frames) >= limits.max_video_frames:
-                break
-    return frames, indices, seen
+class FileFrames:
+    """The planned frames of a video file, decoded one at a time as they are iterated (RGB images).
+
+    Decoding stops after the last wanted frame. A stream that ends before it, or fails to decode, raises a 4xx
+    error for the item."""
+
+    def __init__(self, data: bytes, indices: list[int], param: str, limits: MediaLimits) -> None:
+        self.data = data
+        self.indices = indices
+        self.param = param
+        self.limits = limits
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[Image.Image]:
+        wanted = set(self.indices)
+        last = max(self.indices, default=-1)
+        try:
+            with _open_video(self.data) as container:
+                for index, frame in enumerate(container.decode(container.streams.video[0])):
+                    if index >= MAX_DECODED_FRAMES:
+                        raise _too_many_frames(index + 1, self.param)
+                    _check_frame_size(frame.width, frame.height, self.param, self.limits)
+                    if index in wanted:
+                        image = to_rgb(frame.to_image())
+                        del frame
+                        yield image
+                    if index >= last:
+                        return
+        except ApiError:
+            raise
+        except Exception:
+            raise _error(ErrorKind.MEDIA_DECODE, "could not be decoded as a video", self.param) from None
+        raise _error(ErrorKind.MEDIA_DECODE, f"video ended before its frame {last}", self.param)
 
 
 class MediaResolver:

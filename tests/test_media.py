@@ -168,11 +168,12 @@ def test_rgba_transparency_lands_on_white() -> None:
     assert all(abs(channel - 127) <= 2 for channel in decoded.getpixel((1, 0)))
 
 
-def test_la_transparency_lands_on_white() -> None:
+def test_la_alpha_is_dropped_as_the_official_path_does() -> None:
+    """Only RGBA is composited on white by qwen-vl-utils; grey+alpha is a plain convert that drops alpha."""
     source = Image.new("LA", (2, 1), (50, 255))
     source.putpixel((0, 0), (50, 0))
     decoded = decode_image(image_bytes(source), PARAM, LIMITS)
-    assert decoded.getpixel((0, 0)) == (255, 255, 255)
+    assert decoded.getpixel((0, 0)) == (50, 50, 50)
     assert decoded.getpixel((1, 0)) == (50, 50, 50)
 
 
@@ -186,14 +187,18 @@ def test_palette_image() -> None:
     assert decoded.getpixel((3, 3)) == (0, 255, 0)
 
 
-def test_palette_transparency_lands_on_white() -> None:
+def test_palette_transparency_keeps_the_palette_colour() -> None:
+    """As qwen-vl-utils' plain convert: the transparent entry keeps its colour (red here) and the image keeps the
+    transparency note, which the model's processor then composites on white, exactly as on the official path (the
+    vectors are compared with it in tests/test_qwen3_vl.py)."""
     source = Image.new("P", (2, 1), 0)
     source.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
     source.putpixel((1, 0), 1)
     source.info["transparency"] = 0
     decoded = decode_image(image_bytes(source), PARAM, LIMITS)
-    assert decoded.getpixel((0, 0)) == (255, 255, 255)
+    assert decoded.getpixel((0, 0)) == (255, 0, 0)
     assert decoded.getpixel((1, 0)) == (0, 0, 255)
+    assert decoded.info.get("transparency") == (255, 0, 0)
 
 
 def test_grayscale_image() -> None:

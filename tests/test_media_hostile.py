@@ -20,7 +20,8 @@ from PIL import Image
 from embedding_api.app import create_app
 from embedding_api.errors import ApiError
 from embedding_api.families.base import EmbeddingFamily
-from embedding_api.media import MAX_DECODED_FRAMES, MediaLimits, decode_video, sample_indices
+from embedding_api.media import MAX_DECODED_FRAMES, MediaLimits, decode_video
+from embedding_api.sampling import video_file_indices
 from tests.conftest import API_KEY, MediaServer, b64, data_uri, image_bytes, make_image, make_settings, wait_ready
 
 MAX_IMAGE_BYTES = 100_000
@@ -272,17 +273,6 @@ def test_other_animations_use_their_first_frame(server: TestClient, fmt: str) ->
     assert np.allclose(animated, alone, atol=1e-5)
 
 
-def test_palette_png_with_transparency_lands_on_white(server: TestClient) -> None:
-    palette = Image.new("P", (32, 32), 0)
-    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
-    palette.paste(1, (0, 0, 16, 32))
-    palette.info["transparency"] = 0
-    expected = Image.new("RGB", (32, 32), (255, 255, 255))
-    expected.paste((0, 0, 255), (0, 0, 16, 32))
-    got = vector(embed(server, image_part(data_uri(image_bytes(palette)))))
-    assert np.allclose(got, vector(embed(server, image_part(data_uri(image_bytes(expected))))), atol=1e-5)
-
-
 @pytest.mark.parametrize("mode", ["LA", "RGBA", "L", "1", "I", "F"])
 def test_other_modes(server: TestClient, mode: str) -> None:
     source = make_image(24, 24, seed=5, mode="L").convert(mode)
@@ -328,21 +318,21 @@ def test_video_frames_above_the_pixel_cap(make_client: Callable[..., TestClient]
 def test_video_sampling_keeps_source_indices_and_rate() -> None:
     clip = decode_video(make_video(frames=20, rate=4), "input[0]", MediaLimits())
     assert clip.fps == 4.0
-    assert clip.frame_indices == sample_indices(20, 4.0, 64) == [0, 5, 10, 14, 19]
-    assert len(clip.frames) == 5
-    assert all(frame.mode == "RGB" and frame.size == (64, 48) for frame in clip.frames)
-    assert clip.frames[1].getpixel((5, 5))[0] == pytest.approx(5 * 40 % 256, abs=6)
+    assert clip.frame_indices == [0, 6, 13, 19]  # 5 s: 4 frames (qwen-vl-utils' minimum), rounded linspace
+    frames = list(clip.frames)
+    assert len(clip.frames) == len(frames) == 4
+    assert all(frame.mode == "RGB" and frame.size == (64, 48) for frame in frames)
+    assert frames[1].getpixel((5, 5))[0] == pytest.approx(6 * 40 % 256, abs=6)
 
 
 def test_long_video_is_spread_over_max_video_frames() -> None:
     clip = decode_video(make_video(frames=300, rate=10, size=(16, 16)), "input[0]", MediaLimits(max_video_frames=8))
-    assert clip.frame_indices is not None
-    assert len(clip.frames) == len(clip.frame_indices) == 8
-    assert clip.frame_indices[0] == 0 and clip.frame_indices[-1] == 299
+    assert clip.frame_indices == [0, 43, 85, 128, 171, 214, 256, 299]
+    assert len(list(clip.frames)) == 8
 
 
-def test_decoding_stops_after_the_last_wanted_frame(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Frames past the last wanted one are never decoded; only wanted ones become images."""
+def test_frames_are_decoded_only_when_iterated_and_only_the_wanted_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probing decodes nothing; iterating converts only the wanted frames and stops after the last of them."""
     converted: list[int] = []
     original = av.VideoFrame.to_image
 
@@ -352,7 +342,9 @@ def test_decoding_stops_after_the_last_wanted_frame(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(av.VideoFrame, "to_image", counting)
     clip = decode_video(make_video(frames=40, rate=4), "input[0]", MediaLimits(max_video_frames=4))
-    assert len(converted) == len(clip.frames) == 4
+    assert converted == []
+    assert len(list(clip.frames)) == 4
+    assert len(converted) == 4
 
 
 def test_frame_cap_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,23 +357,21 @@ def test_frame_cap_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
     assert MAX_DECODED_FRAMES == 20_000
 
 
-def test_unknown_length_samples_one_frame_per_second_as_they_come(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unstated_length_is_counted_from_packets() -> None:
+    """Matroska states no frame count: packets are counted, giving the same plan as the mp4 of the same frames."""
+    clip = decode_video(make_video(frames=20, rate=4, fmt="matroska"), "input[0]", MediaLimits())
+    assert clip.frame_indices == [0, 6, 13, 19]
+    assert len(list(clip.frames)) == 4
+
+
+def test_overstated_length_fails_the_item_when_the_stream_ends_early(monkeypatch: pytest.MonkeyPatch) -> None:
     import embedding_api.media as media
 
-    monkeypatch.setattr(media, "_frame_count", lambda *args: None)
+    monkeypatch.setattr(media, "_frame_count", lambda *args: 500)
     clip = decode_video(make_video(frames=20, rate=4), "input[0]", MediaLimits())
-    assert clip.frame_indices == [0, 4, 8, 12, 16]
-    clip = decode_video(make_video(frames=20, rate=4), "input[0]", MediaLimits(max_video_frames=2))
-    assert clip.frame_indices == [0, 4]
-
-
-def test_overstated_length_is_sampled_over_the_true_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    import embedding_api.media as media
-
-    monkeypatch.setattr(media, "_frame_count", lambda *args: 5_000)
-    clip = decode_video(make_video(frames=20, rate=4), "input[0]", MediaLimits())
-    assert clip.frame_indices == sample_indices(20, 4.0, 64)
-    assert len(clip.frames) == 5
+    with pytest.raises(ApiError) as caught:
+        list(clip.frames)
+    assert caught.value.status == 400 and "ended" in caught.value.message
 
 
 def test_stated_length_above_the_frame_cap_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -401,10 +391,17 @@ def test_non_video_containers_are_refused() -> None:
 
 @pytest.mark.parametrize(
     ("total", "rate", "limit", "expected"),
-    [(1, 24.0, 64, [0]), (2, 24.0, 64, [0, 1]), (24, 24.0, 64, [0, 23]), (5, 1.0, 3, [0, 2, 4])],
+    [
+        (1, 24.0, 64, [0]),
+        (2, 24.0, 64, [0, 1]),
+        (24, 24.0, 64, [0, 8, 15, 23]),
+        (5, 1.0, 3, [0, 4]),
+        (100, 10.0, 64, [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]),
+        (3000, 1.0, 64, [round(i * 2999 / 63) for i in range(64)]),
+    ],
 )
-def test_sample_indices(total: int, rate: float, limit: int, expected: list[int]) -> None:
-    assert sample_indices(total, rate, limit) == expected
+def test_video_file_indices(total: int, rate: float, limit: int, expected: list[int]) -> None:
+    assert video_file_indices(total, rate, limit) == expected
 
 
 # ---- after all of it --------------------------------------------------------------------------------------------

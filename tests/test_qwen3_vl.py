@@ -186,3 +186,135 @@ def test_special_token_ids_come_from_the_checkpoint(tiny_family: EmbeddingFamily
     assert other.dimension == OTHER_SPEC.hidden_size
     ids = [family.processor.image_token_id for family in (tiny_family, other)]  # type: ignore[attr-defined]
     assert ids[0] != ids[1]
+
+
+# ---- every input kind the official embedder handles through qwen-vl-utils ---------------------------------------
+
+
+def make_mp4(path: Path, *, seconds: float, fps: int, size: tuple[int, int], seed: int = 0) -> bytes:
+    """An H.264 mp4 whose frames differ (moving gradient plus noise), written to `path`; its bytes."""
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(round(seconds * fps)):
+            ramp = (np.arange(width)[None, :] * 3 + index * 17 + np.arange(height)[:, None]) % 256
+            pixels = np.stack([ramp, np.roll(ramp, index, axis=1), 255 - ramp], axis=-1).astype(np.int64)
+            pixels = np.clip(pixels + rng.integers(-20, 20, pixels.shape), 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path.read_bytes()
+
+
+def png_bytes(image: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def grey_alpha_png() -> Any:
+    from PIL import Image
+
+    grey = np.tile(np.arange(0, 240, 4, dtype=np.uint8), (40, 1))
+    alpha = np.tile(np.linspace(0, 255, 40, dtype=np.uint8)[:, None], (1, 60))
+    return Image.merge("LA", [Image.fromarray(grey), Image.fromarray(alpha)])
+
+
+def palette_png_with_transparency() -> Any:
+    from PIL import Image
+
+    image = make_image(50, 44, seed=9).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    image.info["transparency"] = 3  # one palette entry is transparent
+    return image
+
+
+@pytest.mark.slow
+def test_videos_alpha_images_and_instructions_equal_the_official_path(
+    other_client: TestClient, other_model_dir: Path, media_server: MediaServer, tmp_path: Path
+) -> None:
+    """Each row of the faithfulness table, served over HTTP and compared with qwen-vl-utils' own preprocessing."""
+    from PIL import Image
+
+    small = [make_image(48, 48, seed=30 + i) for i in range(70)]
+    wide = [make_image(100, 60, seed=200 + i) for i in range(5)]
+    clips = {
+        "three": make_mp4(tmp_path / "three.mp4", seconds=3, fps=10, size=(96, 64), seed=1),
+        "five": make_mp4(tmp_path / "five.mp4", seconds=5, fps=10, size=(80, 80), seed=2),
+        "long": make_mp4(tmp_path / "long.mp4", seconds=22, fps=1, size=(864, 832), seed=3),
+    }
+    urls = {name: media_server.add(f"/{name}.mp4", data, "video/mp4") for name, data in clips.items()}
+    la_png, p_png = png_bytes(grey_alpha_png()), png_bytes(palette_png_with_transparency())
+    (tmp_path / "la.png").write_bytes(la_png)
+    (tmp_path / "p.png").write_bytes(p_png)
+
+    def frames_of(images: list[Any]) -> dict[str, Any]:
+        return {"type": "video", "data": [b64(image_bytes(image)) for image in images]}
+
+    cases: list[tuple[Any, RefItem]] = [
+        (frames_of(small[:4]), RefItem(videos=[small[:4]])),
+        (frames_of(small[:5]), RefItem(videos=[small[:5]])),
+        (frames_of(small), RefItem(videos=[small])),
+        (frames_of(wide), RefItem(videos=[wide])),
+        ([frames_of(wide[:4]), "frames and a caption"], RefItem(videos=[wide[:4]], texts=["frames and a caption"])),
+        ({"type": "video", "data": urls["three"]}, RefItem(videos=[str(tmp_path / "three.mp4")])),
+        ({"type": "video_url", "video_url": {"url": urls["five"]}}, RefItem(videos=[str(tmp_path / "five.mp4")])),
+        ({"type": "video", "data": urls["long"]}, RefItem(videos=[str(tmp_path / "long.mp4")])),
+        (
+            [{"type": "video", "data": urls["three"]}, "a clip with words"],
+            RefItem(videos=[str(tmp_path / "three.mp4")], texts=["a clip with words"]),
+        ),
+        ({"type": "image", "data": b64(la_png)}, RefItem(images=[str(tmp_path / "la.png")])),
+        ({"type": "image", "data": data_uri(p_png)}, RefItem(images=[str(tmp_path / "p.png")])),
+        (
+            {"content": ["find the docs"], "instruction": "Find docs "},
+            RefItem(texts=["find the docs"], instruction="Find docs "),
+        ),
+        (
+            {"content": ["blank instruction"], "instruction": "   "},
+            RefItem(texts=["blank instruction"], instruction="   "),
+        ),
+    ]
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    served = np.concatenate(
+        [vectors_of(other_client.post("/v1/embeddings", json={"input": [request]})) for request, _ in cases]
+    )
+    expected = reference_embed(other_model_dir, [ref for _, ref in cases])
+    differences = np.abs(served - expected).max(axis=1)
+    assert differences.max() <= ATOL, dict(enumerate(differences.tolist()))
+
+
+def test_request_level_blank_instruction_means_the_default(other_client: TestClient, other_model_dir: Path) -> None:
+    served = vectors_of(other_client.post("/v1/embeddings", json={"input": ["x y"], "instruction": " \t "}))
+    expected = reference_embed(other_model_dir, [RefItem(texts=["x y"])])
+    np.testing.assert_allclose(served, expected, atol=ATOL)
+
+
+def test_sixteen_bit_grey_keeps_its_high_byte(other_client: TestClient, other_model_dir: Path) -> None:
+    """Deliberately unlike the official path, which clips 16-bit grey to near white."""
+    from PIL import Image
+
+    values = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    deep = Image.fromarray(values)
+    assert deep.mode == "I;16"
+    served = vectors_of(
+        other_client.post("/v1/embeddings", json={"input": [{"type": "image", "data": b64(png_bytes(deep))}]})
+    )
+    eight_bit = Image.fromarray((values >> 8).astype(np.uint8))
+    expected = reference_embed(other_model_dir, [RefItem(images=[eight_bit])])
+    np.testing.assert_allclose(served, expected, atol=ATOL)
+
+
+def test_frames_of_mixed_sizes_are_resized_to_the_first(other_client: TestClient, other_model_dir: Path) -> None:
+    """The official embedder fails on mixed sizes; the server gives the vector of frames all of the first's size."""
+    first, other = make_image(64, 64, seed=41), make_image(96, 40, seed=42)
+    request = {"type": "video", "data": [b64(image_bytes(first)), b64(image_bytes(other))]}
+    served = vectors_of(other_client.post("/v1/embeddings", json={"input": [request]}))
+    assert served.shape == (1, OTHER_SPEC.hidden_size)
+    assert abs(float(np.linalg.norm(served[0])) - 1.0) < 1e-5

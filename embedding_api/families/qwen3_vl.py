@@ -7,6 +7,7 @@ last real token, L2-normalised, optionally truncated (MRL) and normalised again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ EMPTY_ITEM_TEXT = "NULL"
 _CUT_SLACK = 8
 # No real token spans this many characters, so text cut there still overflows MAX_LENGTH and is cut exactly.
 _MAX_CHARS_PER_TOKEN = 64
+# Cut passes before giving up: the first removes the computed overflow, later ones only a few merged tokens.
+_MAX_CUT_ROUNDS = 8
+_INSTRUCTION_CACHE = 256  # distinct system blocks whose token counts are kept
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,13 @@ class _Prompt:
     video_metadata: list[dict[str, Any]] = field(default_factory=list)
 
 
-def with_final_punctuation(instruction: str) -> str:
-    """The recipe appends a full stop when the instruction does not end in punctuation."""
-    if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
-        return instruction + "."
-    return instruction
+def system_instruction(instruction: str | None, default: str) -> str:
+    """The recipe's instruction rule: stripped; blank means the default; a full stop appended when the last
+    character is not punctuation."""
+    text = (instruction or "").strip() or default.strip()
+    if text and not unicodedata.category(text[-1]).startswith("P"):
+        return text + "."
+    return text
 
 
 class Qwen3VLFamily:
@@ -87,11 +93,14 @@ class Qwen3VLFamily:
         self.max_length = max_length
         self.limits = limits
         image_processor = processor.image_processor
-        self.patch_factor = int(image_processor.patch_size) * int(image_processor.merge_size)
+        self.patch_size = int(image_processor.patch_size)
+        self.patch_factor = self.patch_size * int(image_processor.merge_size)
         video_processor = processor.video_processor
         self.video_factor = int(video_processor.patch_size) * int(video_processor.merge_size)
         self.temporal_patch = int(video_processor.temporal_patch_size)
         self.pin_memory = device.type == "cuda"
+        self._end_of_turn = "<|im_end|>"
+        self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
 
     # ---- prepare (CPU, per item) -------------------------------------------------------------------------
 
@@ -99,7 +108,7 @@ class Qwen3VLFamily:
         images = [self._resize_image(image) for image in item.images]
         videos = [self._prepare_video(clip) for clip in item.videos]
         texts = [text[: self.max_length * _MAX_CHARS_PER_TOKEN] for text in item.texts]  # bounds tokenizer work
-        instruction = with_final_punctuation(item.instruction or self.default_instruction)
+        instruction = system_instruction(item.instruction, self.default_instruction)
         text, tokens = self._render_and_count(instruction, texts, images, videos)
         if tokens > self.max_length:
             if not item.truncate:
@@ -128,26 +137,30 @@ class Qwen3VLFamily:
             image = image.resize(
                 (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
             )
-        height, width = vision.smart_resize(
-            image.height, image.width, self.patch_factor, limits.min_pixels, limits.max_pixels
+        return vision.fetch_image(
+            image, self.patch_size, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels
         )
-        return vision.resize_to(image, height, width)
 
     def _prepare_video(self, clip: VideoClip) -> tuple[torch.Tensor, dict[str, Any]]:
-        if not clip.frames:
+        """The official embedder's two video paths (shared/docs/model-recipe.md, "Videos")."""
+        if not len(clip.frames):
             raise ApiError(ErrorKind.MEDIA_DECODE, "video has no frames")
-        positions = even_positions(len(clip.frames), vision.VIDEO_MAX_FRAMES)  # the recipe's 64
-        frames = vision.pad_to_even([clip.frames[p] for p in positions])
-        if clip.frame_indices is not None:
-            indices = [clip.frame_indices[p] for p in positions]
-            indices += [indices[-1]] * (len(frames) - len(indices))
-        else:
-            indices = list(range(len(frames)))
-        min_pixels, max_pixels = vision.frame_pixel_bounds(len(frames))
-        first = frames[0]
-        height, width = vision.smart_resize(first.height, first.width, self.video_factor, min_pixels, max_pixels)
-        metadata = {"fps": clip.fps, "frames_indices": indices, "total_num_frames": len(frames)}
-        return vision.resize_frames(frames, height, width), metadata
+        if clip.fps is None:
+            # A frame list: at most 64 frames, each through the image path on the video grid, said to be at 2 fps,
+            # all sharing a total pixel budget.
+            frames = list(clip.frames)
+            picked = [frames[p] for p in even_positions(len(frames), vision.LIST_MAX_FRAMES)]
+            pre_sized = (vision.fetch_image(frame, self.video_factor) for frame in picked)
+            stack = vision.resize_frames(pre_sized, len(picked), self.video_factor, vision.LIST_TOTAL_PIXELS)
+            count = int(stack.shape[0])
+            metadata = {"fps": vision.LIST_SAMPLE_FPS, "frames_indices": list(range(count)), "total_num_frames": count}
+            return stack, metadata
+        # A video file: the frames media sampled (decoded one at a time here), its real fps and source indices.
+        stack = vision.resize_frames(clip.frames, len(clip.frames), self.video_factor, None)
+        indices = list(clip.frame_indices or range(len(clip.frames)))
+        indices += [indices[-1]] * (int(stack.shape[0]) - len(indices))
+        metadata = {"fps": clip.fps, "frames_indices": indices, "total_num_frames": len(indices)}
+        return stack, metadata
 
     def _render(self, instruction: str, texts: list[str], image_count: int, video_count: int) -> str:
         content: list[dict[str, str]] = [{"type": "video"} for _ in range(video_count)]
@@ -174,17 +187,22 @@ class Qwen3VLFamily:
     ) -> tuple[str, int]:
         """The rendered prompt, and the tokens the model will see: each placeholder expanded as the processor does."""
         prompt = self._render(instruction, texts, len(images), len(videos))
-        count = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        # The system block ends with a special token, where the tokenizer splits anyway: its count is cached, so an
+        # instruction shared by many items (or requests) is tokenised once.
+        split = prompt.find(self._end_of_turn) + len(self._end_of_turn) if self._end_of_turn in prompt else 0
+        count = self._count_tokens(prompt[:split]) + self._count(prompt[split:])
         for image in images:
             count += self._visual_tokens(image.height, image.width, self.patch_factor) - 1
         for frames, metadata in videos:
             groups = int(frames.shape[0]) // self.temporal_patch
             per_group = self._visual_tokens(int(frames.shape[2]), int(frames.shape[3]), self.video_factor)
             stamps = "".join(f"<{t:.1f} seconds>" for t in self._timestamps(metadata))
-            stamp_tokens = len(self.tokenizer(stamps, add_special_tokens=False)["input_ids"])
             # the template's start/pad/end triple becomes, per frame group, stamp + start + pads + end
-            count += stamp_tokens + groups * (per_group + 2) - 3
+            count += self._count(stamps) + groups * (per_group + 2) - 3
         return prompt, count
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
     def _timestamps(self, metadata: dict[str, Any]) -> list[float]:
         indices = metadata["frames_indices"]
@@ -200,24 +218,41 @@ class Qwen3VLFamily:
         videos: list[tuple[torch.Tensor, dict[str, Any]]],
         tokens: int,
     ) -> tuple[str, int]:
-        """Cut the user's text from its end so the whole template still fits (the pooled token stays the last)."""
+        """Cut the user's text from its end so the whole template still fits (the pooled token stays the last).
+
+        Each text part is tokenised once and the overflow is taken from the last parts in one pass (whole parts
+        dropped, the first part still needed cut at a token boundary), so the work is linear in the parts. Only
+        when token merges at the cut leave the prompt over the limit is it cut again, a few tokens at a time.
+        """
         texts = list(texts)
         text = ""
-        while tokens > self.max_length:
+        for _ in range(_MAX_CUT_ROUNDS):
+            if tokens <= self.max_length:
+                return text, tokens
             overflow = tokens - self.max_length + _CUT_SLACK
-            position = max((i for i, text in enumerate(texts) if text), default=None)
-            if position is None:
-                raise ApiError(
-                    ErrorKind.ITEM_TOO_LARGE,
-                    f"input needs {tokens} tokens without any text, above MAX_LENGTH={self.max_length}; "
-                    "send smaller or fewer images or video frames",
-                )
-            offsets = self.tokenizer(texts[position], add_special_tokens=False, return_offsets_mapping=True)[
-                "offset_mapping"
-            ]
-            keep = max(0, len(offsets) - overflow)
-            texts[position] = texts[position][: offsets[keep - 1][1]] if keep else ""
+            for position in range(len(texts) - 1, -1, -1):
+                if overflow <= 0:
+                    break
+                if not texts[position]:
+                    continue
+                offsets = self.tokenizer(texts[position], add_special_tokens=False, return_offsets_mapping=True)[
+                    "offset_mapping"
+                ]
+                keep = max(0, len(offsets) - overflow)
+                overflow -= len(offsets) - keep
+                texts[position] = texts[position][: offsets[keep - 1][1]] if keep else ""
+            if not any(texts):
+                text, tokens = self._render_and_count(instruction, texts, images, videos)
+                if tokens > self.max_length:
+                    raise ApiError(
+                        ErrorKind.ITEM_TOO_LARGE,
+                        f"input needs {tokens} tokens without any text, above MAX_LENGTH={self.max_length}; "
+                        "send smaller or fewer images or video frames",
+                    )
+                return text, tokens
             text, tokens = self._render_and_count(instruction, texts, images, videos)
+        if tokens > self.max_length:
+            raise ApiError(ErrorKind.INVALID_REQUEST, f"input could not be shortened to MAX_LENGTH={self.max_length}")
         return text, tokens
 
     # ---- collate (CPU, per batch) ------------------------------------------------------------------------
