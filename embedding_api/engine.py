@@ -124,7 +124,13 @@ class Engine:
         """Per-item CPU work in the pool, all items at once; the first bad item's error is raised."""
         loop = asyncio.get_running_loop()
         jobs = [loop.run_in_executor(self._cpu, self.family.prepare, item) for item in items]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        try:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+        except asyncio.CancelledError:
+            # Jobs not started are cancelled with their futures; the running ones stop at their next check.
+            for item in items:
+                item.abandoned.set()
+            raise
         prepared: list[PreparedItem] = []
         for index, result in enumerate(results):
             if isinstance(result, ApiError):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
+
+
+class WorkAbandoned(Exception):
+    """The item's request was cancelled or timed out while the item was being prepared."""
 
 
 class Frames(Protocol):
@@ -35,6 +40,13 @@ class Item:
     videos: list[VideoClip] = field(default_factory=list)
     instruction: str | None = None
     truncate: bool = True  # shorten over-long text to fit (the recipe); False: refuse it instead
+    # Set when the request is cancelled or times out: CPU work on the item stops at its next check.
+    abandoned: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    def check_wanted(self) -> None:
+        """Raise WorkAbandoned when nobody waits for this item any more."""
+        if self.abandoned.is_set():
+            raise WorkAbandoned
 
     @property
     def modalities(self) -> tuple[str, ...]:

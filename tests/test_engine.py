@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -249,3 +250,42 @@ def test_mixed_modalities_share_one_batch(tiny_family: EmbeddingFamily) -> None:
     together, alone = run(scenario())
     assert family.batch_sizes[0] == 4
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+class SlowFrames:
+    """A video whose frames take a while each to decode, counting how many were read."""
+
+    def __init__(self, count: int, delay: float) -> None:
+        self.count = count
+        self.delay = delay
+        self.read = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Any:
+        for index in range(self.count):
+            time.sleep(self.delay)
+            self.read += 1
+            yield make_image(48, 48, seed=index)
+
+
+def test_cancelled_request_stops_its_running_cpu_work(tiny_family: EmbeddingFamily) -> None:
+    """Preparation already running in the CPU pool stops at its next frame once the request is cancelled."""
+    frames = SlowFrames(count=64, delay=0.05)  # about 3.2 s if read to the end
+    items = [Item(videos=[VideoClip(frames=frames, fps=1.0, frame_indices=list(range(64)))])]
+
+    async def scenario() -> None:
+        engine = Engine(tiny_family, Budget())
+        engine.start()
+        task = asyncio.ensure_future(engine.prepare(items))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(1.5)  # the worker notices at its next frame; without that it would read ~36 by now
+        await engine.stop()
+
+    run(scenario())
+    assert items[0].abandoned.is_set()
+    assert 2 <= frames.read <= 12

@@ -318,3 +318,45 @@ def test_frames_of_mixed_sizes_are_resized_to_the_first(other_client: TestClient
     served = vectors_of(other_client.post("/v1/embeddings", json={"input": [request]}))
     assert served.shape == (1, OTHER_SPEC.hidden_size)
     assert abs(float(np.linalg.norm(served[0])) - 1.0) < 1e-5
+
+
+def test_fused_text_is_shortened_in_linear_work(tiny_model_dir: Path) -> None:
+    """800 text parts over MAX_LENGTH: the characters tokenised stay a small multiple of the input, not its square."""
+    family: Any = load_family(make_settings(tiny_model_dir, max_length=256))
+    parts = [f"part {i} says a few more words here" for i in range(800)]
+    tokenised: list[int] = []
+    real_tokenizer = family.tokenizer
+
+    class CountingTokenizer:
+        def __call__(self, text: str, **kwargs: Any) -> Any:
+            tokenised.append(len(text))
+            return real_tokenizer(text, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_tokenizer, name)
+
+    family.tokenizer = CountingTokenizer()
+    prepared = family.prepare(Item(texts=parts))
+    assert prepared.tokens <= 256
+    assert prepared.payload.text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "part 0 says" in prepared.payload.text and "part 799" not in prepared.payload.text
+    assert sum(tokenised) <= 4 * sum(len(part) for part in parts)
+
+
+def test_counted_tokens_equal_the_processor_tokens(tiny_family: EmbeddingFamily, tmp_path: Path) -> None:
+    """The budget's count (system block counted once per instruction) is what the processor really produces."""
+    from embedding_api.media import MediaLimits, decode_video
+
+    frames = [make_image(48, 48, seed=50 + i) for i in range(3)]
+    clip = decode_video(make_mp4(tmp_path / "c.mp4", seconds=7, fps=10, size=(64, 64)), "input[0]", MediaLimits())
+    items = [
+        Item(texts=["hello there"], instruction="  Find passages about trains "),
+        Item(texts=["another", "text"], instruction="  Find passages about trains "),
+        Item(images=[make_image(70, 40, seed=51)], texts=["caption"]),
+        Item(videos=[VideoClip(frames=frames)], texts=["clip"], instruction="Describe:"),
+        Item(videos=[clip], texts=["a file"]),
+        Item(),
+    ]
+    prepared = [tiny_family.prepare(item) for item in items]
+    batch = tiny_family.collate(prepared)
+    assert [item.tokens for item in prepared] == batch.token_counts

@@ -105,8 +105,10 @@ class Qwen3VLFamily:
     # ---- prepare (CPU, per item) -------------------------------------------------------------------------
 
     def prepare(self, item: Item) -> PreparedItem:
+        item.check_wanted()
         images = [self._resize_image(image) for image in item.images]
-        videos = [self._prepare_video(clip) for clip in item.videos]
+        videos = [self._prepare_video(clip, item) for clip in item.videos]
+        item.check_wanted()
         texts = [text[: self.max_length * _MAX_CHARS_PER_TOKEN] for text in item.texts]  # bounds tokenizer work
         instruction = system_instruction(item.instruction, self.default_instruction)
         text, tokens = self._render_and_count(instruction, texts, images, videos)
@@ -137,11 +139,9 @@ class Qwen3VLFamily:
             image = image.resize(
                 (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
             )
-        return vision.fetch_image(
-            image, self.patch_size, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels
-        )
+        return vision.fetch_image(image, self.patch_size, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
 
-    def _prepare_video(self, clip: VideoClip) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _prepare_video(self, clip: VideoClip, item: Item) -> tuple[torch.Tensor, dict[str, Any]]:
         """The official embedder's two video paths (shared/docs/model-recipe.md, "Videos")."""
         if not len(clip.frames):
             raise ApiError(ErrorKind.MEDIA_DECODE, "video has no frames")
@@ -151,12 +151,14 @@ class Qwen3VLFamily:
             frames = list(clip.frames)
             picked = [frames[p] for p in even_positions(len(frames), vision.LIST_MAX_FRAMES)]
             pre_sized = (vision.fetch_image(frame, self.video_factor) for frame in picked)
-            stack = vision.resize_frames(pre_sized, len(picked), self.video_factor, vision.LIST_TOTAL_PIXELS)
+            stack = vision.resize_frames(
+                pre_sized, len(picked), self.video_factor, vision.LIST_TOTAL_PIXELS, item.check_wanted
+            )
             count = int(stack.shape[0])
             metadata = {"fps": vision.LIST_SAMPLE_FPS, "frames_indices": list(range(count)), "total_num_frames": count}
             return stack, metadata
         # A video file: the frames media sampled (decoded one at a time here), its real fps and source indices.
-        stack = vision.resize_frames(clip.frames, len(clip.frames), self.video_factor, None)
+        stack = vision.resize_frames(clip.frames, len(clip.frames), self.video_factor, None, item.check_wanted)
         indices = list(clip.frame_indices or range(len(clip.frames)))
         indices += [indices[-1]] * (int(stack.shape[0]) - len(indices))
         metadata = {"fps": clip.fps, "frames_indices": indices, "total_num_frames": len(indices)}
@@ -196,9 +198,10 @@ class Qwen3VLFamily:
         for frames, metadata in videos:
             groups = int(frames.shape[0]) // self.temporal_patch
             per_group = self._visual_tokens(int(frames.shape[2]), int(frames.shape[3]), self.video_factor)
-            stamps = "".join(f"<{t:.1f} seconds>" for t in self._timestamps(metadata))
-            # the template's start/pad/end triple becomes, per frame group, stamp + start + pads + end
-            count += self._count(stamps) + groups * (per_group + 2) - 3
+            # the template's one pad becomes, per frame group, stamp + start + pads + end (the template's own start
+            # and end stay); each stamp sits between special tokens, so it is tokenised on its own
+            stamps = sum(self._count_tokens(f"<{t:.1f} seconds>") for t in self._timestamps(metadata))
+            count += stamps + groups * (per_group + 2) - 1
         return prompt, count
 
     def _count(self, text: str) -> int:

@@ -6,7 +6,7 @@ so sizes, resampling and frame handling stay equal to the official embedder's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -84,7 +84,13 @@ def padded_to_even(frames: Iterable[Any], count: int) -> Iterator[Any]:
         yield last
 
 
-def resize_frames(frames: Iterable[Image.Image], count: int, factor: int, total_pixels: float | None) -> torch.Tensor:
+def resize_frames(
+    frames: Iterable[Image.Image],
+    count: int,
+    factor: int,
+    total_pixels: float | None,
+    check: Callable[[], None] = lambda: None,
+) -> torch.Tensor:
     """(T, C, H, W) uint8 stack of `count` frames (padded to an even count), one frame resized at a time.
 
     The size comes from the first frame and the frame count, as qwen-vl-utils computes it; every frame is resized
@@ -97,6 +103,7 @@ def resize_frames(frames: Iterable[Image.Image], count: int, factor: int, total_
     size: list[int] = []
     written = 0
     for index, frame in enumerate(padded_to_even(frames, count)):
+        check()  # between frames: a cancelled request stops here
         tensor = torch.from_numpy(np.array(frame.convert("RGB"))).permute(2, 0, 1)
         if out is None:
             size = list(smart_resize(tensor.shape[1], tensor.shape[2], factor, min_pixels, max_pixels))
