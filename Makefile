@@ -32,7 +32,7 @@ download: install ## download MODEL_PATH's hub id into models/<name> and print t
 	$(PY) -m embedding_api download
 
 demo-model: install ## build the tiny random checkpoint in models/tiny-random
-	test -f $(TINY_MODEL)/config.json || $(PY) -m embedding_api.tiny_checkpoint $(TINY_MODEL)
+	grep -qs '"embedding_api_random_weights": true' $(TINY_MODEL)/config.json || $(PY) -m embedding_api.tiny_checkpoint $(TINY_MODEL)
 
 demo: demo-model ## serve the tiny random checkpoint (meaningless vectors: shows the API only)
 	MODEL_PATH=$(TINY_MODEL) $(PY) -m embedding_api
@@ -50,6 +50,10 @@ bench: install ## throughput: in-process ceiling, this server and the naive serv
 
 bench-adapter: install ## only the in-process ceiling of the adapter
 	$(PY) -m bench.throughput --ceiling-only
+
+.PHONY: bench-vllm
+bench-vllm: install ## ours vs vLLM's CPU build, same checkpoint and tokens (needs ../.venv-vllm-cpu; writes docs/benchmarks.md)
+	$(PY) -m bench.vs_vllm
 
 clean: ## remove caches (keeps .venv and models/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding_api import __version__
 from embedding_api.auth import PUBLIC_PATHS, AuthMiddleware, KeyChecker
@@ -50,6 +52,41 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> Response:
         log.error("unhandled error: %s\n%s", type(exc).__name__, safe_traceback((type(exc), exc, exc.__traceback__)))
         return json_response(error_body(ErrorKind.INTERNAL, "internal error"), 500)
+
+
+class ShutdownDeadlineMiddleware:
+    """Keeps the runtime's list of requests in progress; a request cancelled because SHUTDOWN_TIMEOUT ran out (see
+    Runtime.expire_requests) is answered 503 in our error shape, not uvicorn's plain-text 500."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        if scope["type"] != "http" or task is None:
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.runtime.requests.add(task)
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if not self.runtime.shutdown_expired:
+                raise
+            task.uncancel()
+            if not started:  # else the half-sent answer ends with the connection
+                message = "the server is shutting down and SHUTDOWN_TIMEOUT ran out before this request finished; retry"
+                answer = json_response(error_body(ErrorKind.SHUTTING_DOWN, message), 503, {"Connection": "close"})
+                await answer(scope, receive, send)
+        finally:
+            self.runtime.requests.discard(task)
 
 
 def _metrics(runtime: Runtime) -> Metrics:
@@ -103,7 +140,9 @@ def create_app(
     app.state.runtime = runtime
     app.state.metrics = _metrics(runtime)
     public = PUBLIC_PATHS if settings.metrics_require_key else PUBLIC_PATHS | {METRICS_PATH}
-    app.add_middleware(AuthMiddleware, checker=KeyChecker(settings.api_keys), public_paths=public)
+    app.state.key_checker = KeyChecker(settings.api_keys)
+    app.add_middleware(AuthMiddleware, checker=app.state.key_checker, public_paths=public)
+    app.add_middleware(ShutdownDeadlineMiddleware, runtime=runtime)
     app.add_middleware(ObservingMiddleware, metrics=app.state.metrics, router_app=app)  # outermost
     _install_error_handlers(app)
     app.include_router(router)

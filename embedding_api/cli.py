@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -10,7 +11,10 @@ import textwrap
 
 from pydantic import ValidationError
 
-from embedding_api.settings import Settings
+from embedding_api import environment
+from embedding_api.settings import Settings, settings_errors
+
+log = logging.getLogger("embedding_api.cli")
 
 
 def exit_on_fatal(message: str) -> None:
@@ -18,45 +22,51 @@ def exit_on_fatal(message: str) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve(argv: list[str] | None = None) -> int:
-    import uvicorn
+def startup_problems(settings: Settings) -> list[str]:
+    """What stops this machine from serving these settings (DEVICE, MODEL_PATH), every one at once, before listening."""
+    from embedding_api.device import resolve_device  # imports torch: after the process variables are in place
+    from embedding_api.loader import ModelUnavailable, local_model_folder, resolve_model_path
 
-    from embedding_api.loader import ModelUnavailable, resolve_model_path  # imports torch: not needed for --help
+    problems = []
+    try:
+        resolve_device(settings.device)
+    except RuntimeError as exc:
+        problems.append(str(exc))
+    try:
+        if problems:  # no download of many gigabytes for a server that cannot start anyway
+            local_model_folder(settings.model_path)
+        else:
+            resolve_model_path(settings.model_path)
+    except ModelUnavailable as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def serve(argv: list[str] | None = None) -> int:
     from embedding_api.logs import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        resolve_model_path(settings.model_path)
-    except ModelUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    for warning in environment.unknown_key_warnings():
+        log.warning(warning)
+    problems = startup_problems(settings)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
         return 1
     from embedding_api.app import create_app
+    from embedding_api.server import build_server
 
     app = create_app(settings, on_fatal=exit_on_fatal)
     runtime = app.state.runtime
-
-    class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT: mark the runtime draining (503s, health 503), then uvicorn's graceful shutdown."""
-
-        def handle_exit(self, sig: int, frame: object) -> None:
-            runtime.draining = True
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
-
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # keep the handlers configure_logging installed (text or JSON)
-        access_log=False,  # the app logs one line per request itself (with its request id)
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
-    )
+    server = build_server(app, settings)  # raises the open-file limit, guards headers and connections
     # uvicorn re-raises the stop signal after draining; with these no-op handlers a clean drain exits 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda *_: None)
-    DrainingServer(config).run()
-    return 1 if runtime.status == "error" else 0
+    server.run()
+    code = 1 if runtime.status == "error" else 0
+    server.exit(code)  # by SHUTDOWN_TIMEOUT, whatever threads still run
+    return code
 
 
 def _env_default(value: object) -> str:
@@ -105,15 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m embedding_api`."""
     args = build_parser().parse_args(argv)
+    environment.apply_process_variables()  # before torch and huggingface_hub are imported
     try:
         if args.command == "download":
             from embedding_api.download import download
 
+            for warning in environment.unknown_key_warnings():
+                print(f"warning: {warning}", file=sys.stderr)
             return download()
         return serve([])
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
-        )
-        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        if args.command != "download":  # serve logs them once the settings are read
+            for warning in environment.unknown_key_warnings():
+                print(f"warning: {warning}", file=sys.stderr)
+        for line in settings_errors(exc):
+            print(f"error: invalid setting {line}", file=sys.stderr)
         return 1

@@ -1,4 +1,8 @@
-"""`python -m embedding_api download`: fetch MODEL_PATH's hub id into models/<name> once, then serve from there."""
+"""`python -m embedding_api download`: fetch MODEL_PATH's hub id into models/<name> once, then serve from there.
+
+When MODEL_PATH is already a folder path named after a known model (the older project's
+`./models/Qwen3-VL-Embedding-2B`), that model is fetched into exactly that folder.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,11 @@ from pathlib import Path
 from embedding_api.settings import Settings
 
 MODELS_DIR = Path("models")
+# Folder names MODEL_PATH may give for a model not downloaded yet (`./models/Qwen3-VL-Embedding-2B`), and their hub ids.
+KNOWN_FOLDERS = {
+    "qwen3-vl-embedding-2b": "Qwen/Qwen3-VL-Embedding-2B",
+    "qwen3-vl-embedding-8b": "Qwen/Qwen3-VL-Embedding-8B",
+}
 
 
 class DownloadFailed(RuntimeError):
@@ -17,6 +26,18 @@ class DownloadFailed(RuntimeError):
 def looks_like_hub_id(model_path: str) -> bool:
     """`org/name`, as the loader reads it: not a path (no leading `.`, `/`, `~`) and exactly one slash."""
     return not model_path.startswith((".", "/", "~")) and model_path.count("/") == 1
+
+
+def hub_id_for_folder(model_path: str) -> str | None:
+    """The hub id a folder MODEL_PATH stands for when its last part names a known model, else None.
+
+    `models/Qwen3-VL-Embedding-2B` (the line `make download` prints) is read as this project's weights folder,
+    not as a hub id.
+    """
+    path = Path(model_path).expanduser()
+    if looks_like_hub_id(model_path) and path.parts[0] != MODELS_DIR.name:
+        return None
+    return KNOWN_FOLDERS.get(path.name.lower())
 
 
 def local_dir_for(repo_id: str, models_dir: Path = MODELS_DIR) -> Path:
@@ -71,13 +92,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def download(models_dir: Path = MODELS_DIR) -> int:
-    """Fetch MODEL_PATH into models_dir/<name> and print the `.env` line; 0 on success, 1 with a one-line error."""
+    """Fetch MODEL_PATH into models_dir/<name> and print the `.env` line; 0 on success, 1 with a one-line error.
+
+    A MODEL_PATH folder named after a known model (`./models/Qwen3-VL-Embedding-2B`) gets that model, in that folder.
+    """
     model_path = Settings().model_path
     local = Path(model_path).expanduser()
+    if (local / "config.json").is_file():
+        print(f"MODEL_PATH={model_path} is already a local folder with the model; nothing to download.")
+        return 0
+    folder_of = hub_id_for_folder(model_path)
+    if folder_of is not None:  # `./models/Qwen3-VL-Embedding-2B` not there yet (or half downloaded): fill it
+        return _fetch_and_report(folder_of, local, f"done: MODEL_PATH={model_path} now holds {folder_of}.")
     if local.is_dir():
-        if (local / "config.json").is_file():
-            print(f"MODEL_PATH={model_path} is already a local folder with the model; nothing to download.")
-            return 0
         print(
             f"error: MODEL_PATH={model_path} is a folder without config.json; set MODEL_PATH to the model's hub id "
             "(default Qwen/Qwen3-VL-Embedding-2B) to download it, or put the model's files there.",
@@ -92,13 +119,18 @@ def download(models_dir: Path = MODELS_DIR) -> int:
         )
         return 1
     target = local_dir_for(model_path, models_dir)
+    done = f"done. Put this line in .env to serve the local copy:\nMODEL_PATH={target.as_posix()}"
+    return _fetch_and_report(model_path, target, done)
+
+
+def _fetch_and_report(repo_id: str, target: Path, done: str) -> int:
     try:
-        fetch(model_path, target)
+        fetch(repo_id, target)
     except DownloadFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume the download.", file=sys.stderr)
         return 130
-    print(f"done. Put this line in .env to serve the local copy:\nMODEL_PATH={target.as_posix()}")
+    print(done)
     return 0

@@ -22,6 +22,7 @@ import torch
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem
 from embedding_api.items import Item
+from embedding_api.memory import BIG_PIXELS, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class Engine:
             if isinstance(result, BaseException):
                 raise result
             prepared.append(result)
+        if sum(item.pixels for item in prepared) > BIG_PIXELS:
+            await loop.run_in_executor(self._cpu, release_freed_memory)
         return prepared
 
     async def embed(self, items: list[PreparedItem]) -> EmbedResult:
@@ -195,9 +198,13 @@ class Engine:
         pixels = anchor.item.pixels
         low, high = position - 1, position + 1
 
+        packed = getattr(self.family, "packs_sequences", False)
+        real = anchor.item.tokens
+
         def fits(entry: _Entry) -> bool:
-            padded = max(longest, entry.item.tokens) * (len(chosen) + 1)
-            return padded <= budget.max_tokens and pixels + entry.item.pixels <= budget.max_pixels
+            # padding-free batches compute their real tokens only; padded ones their longest item for every row
+            cost = real + entry.item.tokens if packed else max(longest, entry.item.tokens) * (len(chosen) + 1)
+            return cost <= budget.max_tokens and pixels + entry.item.pixels <= budget.max_pixels
 
         while len(chosen) < budget.max_items:
             candidates = []
@@ -211,6 +218,7 @@ class Engine:
                 if fits(entry):
                     chosen.append(entry)
                     longest = max(longest, entry.item.tokens)
+                    real += entry.item.tokens
                     pixels += entry.item.pixels
                     if side == "low":
                         low -= 1
@@ -277,6 +285,9 @@ class Engine:
             if not entry.future.done():
                 queue_ms = (started - entry.queued_at) * 1000
                 entry.future.set_result((pooled[index], batch.token_counts[index], queue_ms, inference_ms))
+        if sum(item.pixels for item in items) > BIG_PIXELS:
+            del batch  # its pixel tensors go now, then their pages go back to the system
+            await loop.run_in_executor(self._collate, release_freed_memory)
 
     def _collate_and_run(self, items: list[PreparedItem]) -> tuple[Batch, np.ndarray]:
         batch = self.family.collate(items)

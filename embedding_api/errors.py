@@ -14,6 +14,8 @@ class ErrorKind(StrEnum):
     MEDIA_FETCH = "media_fetch"
     MEDIA_DECODE = "media_decode"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
     AUTHENTICATION = "authentication"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
@@ -22,6 +24,7 @@ class ErrorKind(StrEnum):
     ITEM_TOO_LARGE = "item_too_large"
     NOT_READY = "not_ready"
     SHUTTING_DOWN = "shutting_down"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
     TIMEOUT = "timeout"
     INTERNAL = "internal"
 
@@ -33,6 +36,8 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.MEDIA_FETCH: (400, "invalid_request_error"),
     ErrorKind.MEDIA_DECODE: (400, "invalid_request_error"),
     ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
+    ErrorKind.REQUEST_TIMEOUT: (408, "invalid_request_error"),
+    ErrorKind.HEADERS_TOO_LARGE: (431, "invalid_request_error"),
     ErrorKind.AUTHENTICATION: (401, "authentication_error"),
     ErrorKind.MODEL_NOT_FOUND: (404, "invalid_request_error"),
     ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
@@ -41,6 +46,7 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.ITEM_TOO_LARGE: (422, "invalid_request_error"),
     ErrorKind.NOT_READY: (503, "service_unavailable"),
     ErrorKind.SHUTTING_DOWN: (503, "service_unavailable"),
+    ErrorKind.TOO_MANY_CONNECTIONS: (503, "service_unavailable"),
     ErrorKind.TIMEOUT: (504, "timeout"),
     ErrorKind.INTERNAL: (500, "server_error"),
 }

@@ -46,6 +46,10 @@ class ItemSpec:
     instruction: str | None = None
 
     @property
+    def part_count(self) -> int:
+        return len(self.texts) + len(self.images) + len(self.videos)
+
+    @property
     def media_count(self) -> int:
         return len(self.images) + sum(1 if video.url else len(video.frames) for video in self.videos)
 
@@ -60,9 +64,27 @@ def _is_token_ids(value: Any) -> bool:
     )
 
 
-def parse_input(raw: Any, *, max_items: int, max_text_chars: int | None = None) -> list[ItemSpec]:
+def parse_input(
+    raw: Any,
+    *,
+    max_items: int,
+    max_text_chars: int | None = None,
+    max_media_per_item: int | None = None,
+    max_media_per_request: int | None = None,
+    max_parts_per_item: int | None = None,
+    max_instruction_chars: int | None = None,
+) -> list[ItemSpec]:
     """Parse the whole `input` field into one spec per output vector."""
     specs = _parse_input(raw, max_items=max_items)
+    check_media_counts(specs, max_media_per_item, max_media_per_request)
+    for spec in specs:
+        if max_parts_per_item is not None and spec.part_count > max_parts_per_item:
+            raise _invalid(
+                f"has {spec.part_count} parts; at most {max_parts_per_item} are allowed per input (MAX_PARTS_PER_ITEM)",
+                spec.param,
+            )
+        if max_instruction_chars is not None and spec.instruction is not None:
+            check_instruction(spec.instruction, max_instruction_chars, f"{spec.param}.instruction")
     if max_text_chars is not None:
         for spec in specs:
             longest = max((len(text) for text in spec.texts), default=0)
@@ -71,6 +93,35 @@ def parse_input(raw: Any, *, max_items: int, max_text_chars: int | None = None) 
                     f"a text of {longest} characters is above the {max_text_chars} character limit", spec.param
                 )
     return specs
+
+
+def check_instruction(instruction: str, max_chars: int, param: str) -> None:
+    if len(instruction) > max_chars:
+        raise _invalid(
+            f"an instruction of {len(instruction)} characters is above the {max_chars} character limit "
+            "(MAX_INSTRUCTION_CHARS)",
+            param,
+        )
+
+
+def check_media_counts(specs: list[ItemSpec], per_item: int | None, per_request: int | None) -> None:
+    """Refuse too many media references (every frame of a frame list counts) before any is fetched."""
+    total = 0
+    for spec in specs:
+        count = spec.media_count
+        if per_item is not None and count > per_item:
+            raise _invalid(
+                f"has {count} media references (images, video URLs and frames); at most {per_item} are allowed "
+                "per input (MAX_MEDIA_PER_ITEM)",
+                spec.param,
+            )
+        total += count
+        if per_request is not None and total > per_request:
+            raise _invalid(
+                f"brings the request's media references (images, video URLs and frames) to {total}; at most "
+                f"{per_request} are allowed per request (MAX_MEDIA_PER_REQUEST): split it into several requests",
+                spec.param,
+            )
 
 
 def _parse_input(raw: Any, *, max_items: int) -> list[ItemSpec]:
@@ -131,7 +182,7 @@ def _instruction(obj: dict[str, Any], param: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _invalid("instruction must be a string", f"{param}.instruction")
-    return value or None
+    return value if value.strip() else None  # blank means none: the next level (or the default) applies
 
 
 def _add_text(spec: ItemSpec, text: Any, param: str) -> None:

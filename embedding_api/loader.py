@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 
 from embedding_api.device import best_attention, resolve_device, resolve_dtype
+from embedding_api.download import hub_id_for_folder
 from embedding_api.families.base import EmbeddingFamily
 from embedding_api.settings import Settings
+from embedding_api.tiny_checkpoint import RANDOM_WEIGHTS_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +22,15 @@ class ModelUnavailable(RuntimeError):
     """The model cannot be had; the message is one sentence saying what to do."""
 
 
-def resolve_model_path(model_path: str) -> Path:
-    """A local folder as is; a hub id from the local cache, or downloaded when the network allows."""
+def local_model_folder(model_path: str) -> Path | None:
+    """The checks that need no network: the folder when MODEL_PATH is one, None when it is a hub id."""
     local = Path(model_path).expanduser()
+    known = hub_id_for_folder(model_path)
+    if known is not None and not (local / "config.json").is_file():
+        raise ModelUnavailable(
+            f"MODEL_PATH={model_path} does not hold the model yet: run `make download` (or `python -m embedding_api "
+            f"download`) to fetch {known} into that folder, or point MODEL_PATH at a folder that has the model."
+        )
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelUnavailable(
@@ -35,6 +43,14 @@ def resolve_model_path(model_path: str) -> Path:
             f"MODEL_PATH={model_path} is neither an existing folder nor a hub id like Qwen/Qwen3-VL-Embedding-2B; "
             "fix MODEL_PATH in .env."
         )
+    return None
+
+
+def resolve_model_path(model_path: str) -> Path:
+    """A local folder as is; a hub id from the local cache, or downloaded when the network allows."""
+    local = local_model_folder(model_path)
+    if local is not None:
+        return local
     from huggingface_hub import snapshot_download
 
     try:
@@ -57,6 +73,15 @@ def _not_found_sentence(model_path: str) -> str:
         f"`.venv/bin/hf download {model_path} --local-dir models/{folder}` where the hub is reachable, "
         f"then set MODEL_PATH=models/{folder}."
     )
+
+
+def has_random_weights(model_path: str) -> bool:
+    """A local checkpoint marked by `embedding_api.tiny_checkpoint` as randomly initialised (the demo, the tests)."""
+    try:
+        with open(Path(model_path).expanduser() / "config.json", encoding="utf-8") as handle:
+            return json.load(handle).get(RANDOM_WEIGHTS_MARKER) is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def model_type_of(path: Path) -> str:

@@ -8,6 +8,7 @@ import binascii
 import io
 import math
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,8 +20,8 @@ from PIL import Image
 from qwen_vl_utils import vision_process
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.fetch import MediaFetcher, is_fetchable
-from embedding_api.inputs import ItemSpec, MediaRef, VideoSpec
+from embedding_api.fetch import FetchShare, MediaFetcher, is_fetchable
+from embedding_api.inputs import ItemSpec, MediaRef
 from embedding_api.items import Item, VideoClip
 from embedding_api.sampling import even_positions, video_file_indices
 
@@ -42,6 +43,28 @@ Image.MAX_IMAGE_PIXELS = None
 class MediaLimits:
     max_image_pixels: int = 40_000_000
     max_video_frames: int = 64
+    max_request_pixels: int = 200_000_000
+
+
+class PixelBudget:
+    """Decoded image pixels one request may hold (its images and frame-list frames), taken from each image's header
+    before it is decoded. Video files are not counted: their frames are decoded one at a time when prepared."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self._lock = threading.Lock()  # decoding runs in worker threads
+
+    def take(self, pixels: int, param: str) -> None:
+        with self._lock:
+            if pixels > self.left:
+                raise _error(
+                    ErrorKind.MEDIA_DECODE,
+                    f"the request's images need more than MAX_REQUEST_PIXELS={self.limit} decoded pixels; "
+                    "send fewer or smaller images, or split the request",
+                    param,
+                )
+            self.left -= pixels
 
 
 def _error(kind: ErrorKind, message: str, param: str) -> ApiError:
@@ -74,7 +97,7 @@ def decode_inline(source: str, param: str, *, expect: str) -> bytes:
         raise _error(ErrorKind.MEDIA_DECODE, "is not valid base64", param) from None
 
 
-def decode_image(data: bytes, param: str, limits: MediaLimits) -> Image.Image:
+def decode_image(data: bytes, param: str, limits: MediaLimits, budget: PixelBudget | None = None) -> Image.Image:
     """Open real image formats only; first frame; RGB (transparent areas on white, as the recipe does)."""
     try:
         with warnings.catch_warnings():
@@ -86,6 +109,8 @@ def decode_image(data: bytes, param: str, limits: MediaLimits) -> Image.Image:
                     f"image is {image.width}x{image.height}, above the {limits.max_image_pixels} pixel limit",
                     param,
                 )
+            if budget is not None:
+                budget.take(image.width * image.height, param)
             image.seek(0)
             image.load()
             return to_rgb(image)
@@ -141,6 +166,7 @@ def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
             if not math.isfinite(rate) or rate <= 0:
                 rate = DEFAULT_VIDEO_FPS
             _check_frame_size(stream.codec_context.width or 0, stream.codec_context.height or 0, param, limits)
+            size = (stream.codec_context.height or 0, stream.codec_context.width or 0)
             total = _frame_count(container, stream)
             if total > MAX_DECODED_FRAMES:
                 raise _too_many_frames(total, param)
@@ -151,7 +177,8 @@ def decode_video(data: bytes, param: str, limits: MediaLimits) -> VideoClip:
     if total < 1:
         raise _error(ErrorKind.MEDIA_DECODE, "video has no frames", param)
     indices = video_file_indices(total, rate, limits.max_video_frames)
-    return VideoClip(frames=FileFrames(data, indices, param, limits), fps=rate, frame_indices=indices)
+    frames = FileFrames(data, indices, param, limits, size=size)
+    return VideoClip(frames=frames, fps=rate, frame_indices=indices)
 
 
 def _check_frame_size(width: int, height: int, param: str, limits: MediaLimits) -> None:
@@ -189,7 +216,10 @@ class FileFrames:
     Decoding stops after the last wanted frame. A stream that ends before it, or fails to decode, raises a 4xx
     error for the item."""
 
-    def __init__(self, data: bytes, indices: list[int], param: str, limits: MediaLimits) -> None:
+    def __init__(
+        self, data: bytes, indices: list[int], param: str, limits: MediaLimits, size: tuple[int, int] = (0, 0)
+    ) -> None:
+        self.height, self.width = size  # as the stream states it (0 when unknown)
         self.data = data
         self.indices = indices
         self.param = param
@@ -221,7 +251,12 @@ class FileFrames:
 
 
 class MediaResolver:
-    """Fetches and decodes every media reference of a request concurrently."""
+    """Fetches and decodes a request's media references, a bounded number at a time.
+
+    At most MAX_FETCHES_PER_REQUEST workers go through a request's references (no task per reference, however many
+    it has), and each URL is fetched in a slot of the request's fair share of MAX_CONCURRENT_FETCHES
+    (`embedding_api.fetch.FetchSlots`), so one request can neither flood the HTTP pool nor starve other requests.
+    """
 
     def __init__(
         self,
@@ -233,44 +268,87 @@ class MediaResolver:
         self.limits = limits
         self.on_fetched = on_fetched  # (media kind, seconds, bytes) per URL downloaded, for metrics
 
-    async def _bytes(self, ref: MediaRef, expect: str) -> bytes:
+    async def _bytes(self, ref: MediaRef, expect: str, share: FetchShare) -> bytes:
         if is_fetchable(ref.source):
-            started = time.perf_counter()
-            data = await self.fetcher.fetch(ref.source, ref.param)
+            async with share.slot():
+                started = time.perf_counter()
+                data = await self.fetcher.fetch_in_slot(ref.source, ref.param)
             if self.on_fetched is not None:
                 self.on_fetched(expect, time.perf_counter() - started, len(data))
             return data
         return decode_inline(ref.source, ref.param, expect=expect)
 
-    async def _image(self, ref: MediaRef) -> Image.Image:
-        data = await self._bytes(ref, "image")
-        return await asyncio.to_thread(decode_image, data, ref.param, self.limits)
-
-    async def _video(self, video: VideoSpec) -> VideoClip:
-        if video.url is not None:
-            data = await self._bytes(video.url, "video")
-            return await asyncio.to_thread(decode_video, data, video.param, self.limits)
-        # Only the frames the model will see are fetched and decoded (same even subsampling as the recipe).
-        wanted = [video.frames[p] for p in even_positions(len(video.frames), self.limits.max_video_frames)]
-        frames = await asyncio.gather(*(self._image(frame) for frame in wanted))
-        return VideoClip(frames=list(frames))
-
-    async def _item(self, spec: ItemSpec) -> Item:
-        images = [self._image(ref) for ref in spec.images]
-        videos = [self._video(video) for video in spec.videos]
-        decoded = await asyncio.gather(*images, *videos)
-        return Item(
-            texts=list(spec.texts),
-            images=[image for image in decoded[: len(images)] if isinstance(image, Image.Image)],
-            videos=[clip for clip in decoded[len(images) :] if isinstance(clip, VideoClip)],
-            instruction=spec.instruction,
-        )
+    async def _decoded(
+        self, ref: MediaRef, expect: str, share: FetchShare, budget: PixelBudget
+    ) -> Image.Image | VideoClip:
+        data = await self._bytes(ref, expect, share)
+        if expect == "video":
+            return await asyncio.to_thread(decode_video, data, ref.param, self.limits)
+        return await asyncio.to_thread(decode_image, data, ref.param, self.limits, budget)
 
     async def resolve(self, specs: list[ItemSpec]) -> list[Item]:
-        """All of a request's media at once; the first failure cancels the rest and is raised."""
-        tasks = [asyncio.ensure_future(self._item(spec)) for spec in specs]
+        """All of a request's media; the first failure cancels the rest and is raised."""
+        jobs: list[tuple[MediaRef, str]] = []  # (reference, "image" or "video"), in request order
+
+        def job(ref: MediaRef, expect: str) -> int:
+            jobs.append((ref, expect))
+            return len(jobs) - 1
+
+        plans: list[tuple[list[int], list[int | list[int]]]] = []  # per item: image jobs; per video a job or frames
+        for spec in specs:
+            videos: list[int | list[int]] = []
+            for video in spec.videos:
+                if video.url is not None:
+                    videos.append(job(video.url, "video"))
+                else:
+                    # Only the frames the model will see are fetched and decoded (same even subsampling as the recipe).
+                    positions = even_positions(len(video.frames), self.limits.max_video_frames)
+                    videos.append([job(video.frames[p], "image") for p in positions])
+            plans.append(([job(ref, "image") for ref in spec.images], videos))
+        done = await self._run(jobs)
+
+        def image(index: int) -> Image.Image:
+            value = done[index]
+            assert isinstance(value, Image.Image)
+            return value
+
+        def clip(plan: int | list[int]) -> VideoClip:
+            if isinstance(plan, list):
+                return VideoClip(frames=[image(index) for index in plan])
+            value = done[plan]
+            assert isinstance(value, VideoClip)
+            return value
+
+        return [
+            Item(
+                texts=list(spec.texts),
+                images=[image(index) for index in images],
+                videos=[clip(plan) for plan in videos],
+                instruction=spec.instruction,
+            )
+            for spec, (images, videos) in zip(specs, plans, strict=True)
+        ]
+
+    async def _run(self, jobs: list[tuple[MediaRef, str]]) -> list[Image.Image | VideoClip | None]:
+        done: list[Image.Image | VideoClip | None] = [None] * len(jobs)
+        if not jobs:
+            return done
+        share = self.fetcher.slots.share()
+        budget = PixelBudget(self.limits.max_request_pixels)
+        pending = iter(range(len(jobs)))  # shared: each worker takes the next job not yet taken
+
+        async def worker() -> None:
+            for index in pending:
+                ref, expect = jobs[index]
+                done[index] = await self._decoded(ref, expect, share, budget)
+
+        count = min(len(jobs), self.fetcher.limits.max_in_flight_per_request)
+        workers = [asyncio.ensure_future(worker()) for _ in range(count)]
         try:
-            return list(await asyncio.gather(*tasks))
+            await asyncio.gather(*workers)
         finally:
-            for task in tasks:
+            for task in workers:
                 task.cancel()
+            # Let the cancelled workers unwind (closing their connections, handing back their slots) before answering.
+            await asyncio.gather(*workers, return_exceptions=True)
+        return done

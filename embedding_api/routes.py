@@ -9,22 +9,24 @@ from typing import Any, TypeVar
 
 import torch
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.logs import current_request
 from embedding_api.metrics import CONTENT_TYPE, METRICS_PATH, Metrics
-from embedding_api.request_body import openapi_body, parse_body
+from embedding_api.request_body import openapi_body, parse_body_off_loop
 from embedding_api.responses import json_response
 from embedding_api.runtime import Runtime
 from embedding_api.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelCard, ModelList
 from embedding_api.service import EmbeddingAnswer, EmbeddingService
 
 Result = TypeVar("Result")
+Body = TypeVar("Body", bound=BaseModel)
 router = APIRouter()
 _STARTED = int(time.time())
 _ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 500, 503, 504)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 422, 500, 503, 504)
 }
 _ERRORS[429] = {
     "model": ErrorResponse,
@@ -38,11 +40,15 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def until_disconnect(request: Request, work: Coroutine[Any, Any, Result]) -> Result:
-    """Run `work`, cancelling it (and so dropping its queued items) if the client goes away first."""
+    """Run `work`, cancelling it (and so dropping its queued items) if the client goes away first or we are
+    cancelled (SHUTDOWN_TIMEOUT)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if not task.done():
@@ -51,19 +57,32 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, Result]) 
     return task.result()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` (Content-Length checked first)."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytearray:
+    """The body, refused with 413 as soon as it passes `limit` (Content-Length checked first), 408 past `timeout`."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                if len(body) + len(chunk) > limit:
+                    raise _too_large(limit)
+                body += chunk
+    except TimeoutError:
+        raise ApiError(
+            ErrorKind.REQUEST_TIMEOUT,
+            f"the request body did not arrive within BODY_READ_TIMEOUT={timeout:g} s",
+            code="body_timeout",
+        ) from None
+    return body
+
+
+async def read_json(request: Request, service: EmbeddingService, model: type[Body]) -> Body:
+    """The body read (bounded in size and time) and parsed (off the event loop when big) as `model`."""
+    settings = service.settings
+    raw = await read_body(request, settings.max_request_bytes, settings.body_read_timeout)
+    return await parse_body_off_loop(raw, model, settings.max_json_values)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -112,8 +131,9 @@ def timing_headers(answer: EmbeddingAnswer, started: float) -> dict[str, str]:
 async def create_embeddings(request: Request) -> Response:
     started = time.perf_counter()
     service = _service(request)
-    body = parse_body(await read_body(request, service.settings.max_request_bytes), EmbeddingRequest)
-    answer = await run_embedding(request, service, body)
+    with service.admission():  # before the body is read: a refused request costs no memory
+        body = await read_json(request, service, EmbeddingRequest)
+        answer = await run_embedding(request, service, body)
     return Response(answer.body, media_type="application/json", headers=timing_headers(answer, started))
 
 
@@ -139,6 +159,10 @@ async def get_model(model_id: str, request: Request) -> ModelCard:
     return _model_card(runtime)
 
 
+def _without_model_path(text: str | None, model_path: str) -> str | None:
+    return text.replace(model_path, "<hidden>") if text and model_path else text
+
+
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 async def health(request: Request) -> Response:
     runtime = _runtime(request)
@@ -148,18 +172,31 @@ async def health(request: Request) -> Response:
     detail = runtime.detail
     if status == "ok" and not await runtime.engine_is_healthy():
         status, detail = "error", "the engine keeps failing: embeddings do not complete"
+    keyed = request.app.state.key_checker.accepts_scope(request.scope)
+    note = runtime.random_weights_note
+    if not keyed:  # /health is public: where the weights lie is for callers with a key only
+        detail, note = _without_model_path(detail, settings.model_path), _without_model_path(note, settings.model_path)
     payload = Health(
         status=status,  # type: ignore[arg-type]
         model=settings.model_name,
-        model_path=settings.model_path,
+        model_path=settings.model_path if keyed else None,
         device=family.device if family else None,
         cuda_available=torch.cuda.is_available(),
         embedding_dimension=settings.embedding_dimension or (family.dimension if family else None),
         max_image_width=settings.max_image_width or settings.max_image_size,
         max_image_height=settings.max_image_height or settings.max_image_size,
         detail=detail,
+        random_weights=runtime.random_weights,
+        note=note,
     )
     return json_response(payload.model_dump(), 200 if status == "ok" else 503)
+
+
+@router.head("/health", include_in_schema=False)
+async def health_head(request: Request) -> Response:
+    """What GET answers (status and headers) without the body: some load balancers probe with HEAD."""
+    answer = await health(request)
+    return Response(status_code=answer.status_code, headers=dict(answer.headers))
 
 
 @router.get(METRICS_PATH, include_in_schema=False)

@@ -6,14 +6,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
 from embedding_api.engine import Budget, Engine, EngineObserver
 from embedding_api.families.base import EmbeddingFamily
-from embedding_api.fetch import FetchLimits, MediaFetcher
+from embedding_api.fetch import FetchLimits, MediaFetcher, media_client
 from embedding_api.items import Item
-from embedding_api.loader import ModelUnavailable, load_family
+from embedding_api.loader import ModelUnavailable, has_random_weights, load_family
 from embedding_api.media import MediaLimits, MediaResolver
 from embedding_api.service import EmbeddingService
 from embedding_api.settings import Settings
@@ -37,11 +38,25 @@ class Runtime:
     status: str = "loading"
     draining: bool = False  # set on SIGTERM: new requests get 503 while in-flight ones finish
     detail: str | None = None
+    random_weights: bool = False  # MODEL_PATH is a checkpoint built by embedding_api.tiny_checkpoint (the demo)
     family: EmbeddingFamily | None = None
     engine: Engine | None = None
     service: EmbeddingService | None = None
     client: httpx.AsyncClient | None = None
+    # The tasks of the HTTP requests in progress, and whether SHUTDOWN_TIMEOUT ran out (see expire_requests).
+    requests: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
+    shutdown_expired: bool = False
     _load_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def expire_requests(self) -> None:
+        """SHUTDOWN_TIMEOUT is running out: cancel the requests still in progress (each is answered 503)."""
+        self.shutdown_expired = True
+        if self.requests:
+            log.warning(
+                "SHUTDOWN_TIMEOUT is running out: answering 503 to %d request(s) still running", len(self.requests)
+            )
+        for task in list(self.requests):
+            task.cancel()
 
     @property
     def ready(self) -> bool:
@@ -49,7 +64,9 @@ class Runtime:
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(
-            max_image_pixels=self.settings.max_image_pixels, max_video_frames=self.settings.max_video_frames
+            max_image_pixels=self.settings.max_image_pixels,
+            max_video_frames=self.settings.max_video_frames,
+            max_request_pixels=self.settings.max_request_pixels,
         )
 
     def fetcher(self) -> MediaFetcher:
@@ -59,9 +76,20 @@ class Runtime:
 
     async def start(self) -> None:
         """Open the HTTP client and load the model in the background, so /health can answer 503 meanwhile."""
-        # trust_env=False: an environment proxy would make the connection itself, around the URL guard's checked address.
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.settings.image_fetch_timeout), trust_env=False)
+        self.client = media_client(FetchLimits.from_settings(self.settings))
+        self.random_weights = has_random_weights(self.settings.model_path)
+        if self.random_weights:
+            log.warning("!!! %s !!!", self.random_weights_note)
         self._load_task = asyncio.get_running_loop().create_task(self._load())
+
+    @property
+    def random_weights_note(self) -> str | None:
+        if not self.random_weights:
+            return None
+        return (
+            f"MODEL_PATH={self.settings.model_path} holds RANDOM weights (a test checkpoint built by "
+            f"embedding_api.tiny_checkpoint): its vectors are meaningless, though served as {self.settings.model_name!r}"
+        )
 
     async def _load(self) -> None:
         settings = self.settings
@@ -72,6 +100,13 @@ class Runtime:
             return
         except Exception as exc:  # a corrupt checkpoint or a wrong DEVICE: say it in one line
             self._fail(f"loading the model from MODEL_PATH={settings.model_path} failed: {exc}")
+            return
+        if settings.embedding_dimension is not None and settings.embedding_dimension > family.dimension:
+            # Every request would be refused; the older project padded vectors up to this size, this server cuts only.
+            self._fail(
+                f"EMBEDDING_DIMENSION={settings.embedding_dimension} is more than the {family.dimension} dimensions "
+                f"of MODEL_PATH={settings.model_path}; set at most {family.dimension} or leave it empty."
+            )
             return
         # On a CPU more than ~8 large images per pass only adds latency; a GPU wants much bigger passes.
         auto_pixels = GPU_BATCH_PIXELS if family.device.startswith("cuda") else CPU_BATCH_PIXELS

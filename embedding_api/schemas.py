@@ -22,11 +22,15 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: JSON numbers; base64: little-endian float32 bytes."
     )
-    dimensions: int | None = Field(None, description="Output size (1..model size): truncated, then re-normalised.")
+    dimensions: int | None = Field(
+        None, strict=True, description="Output size (1..model size): truncated, then re-normalised."
+    )
     user: str | None = Field(None, description="Accepted and ignored.")
     instruction: str | None = Field(None, description="Task instruction for every item that carries none.")
-    normalize: bool = Field(True, description="L2-normalise the vectors.")
-    truncate: bool = Field(True, description="Shorten text over MAX_LENGTH tokens to fit; false: answer 400 instead.")
+    normalize: bool = Field(True, strict=True, description="L2-normalise the vectors.")
+    truncate: bool = Field(
+        True, strict=True, description="Shorten text over MAX_LENGTH tokens to fit; false: answer 400 instead."
+    )
 
 
 class EmbeddingData(BaseModel):
@@ -73,10 +77,14 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "loading", "error", "draining"]
     model: str
-    model_path: str
+    model_path: str | None = Field(description="MODEL_PATH; null unless the request carries an API key.")
     device: str | None
     cuda_available: bool
     embedding_dimension: int | None
     max_image_width: int | None
     max_image_height: int | None
     detail: str | None = None
+    random_weights: bool = Field(
+        False, description="The checkpoint is randomly initialised (the demo): its vectors mean nothing."
+    )
+    note: str | None = Field(None, description="Something to know about what is served (e.g. random weights).")

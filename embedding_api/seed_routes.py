@@ -20,8 +20,8 @@ from starlette.types import Message
 
 from embedding_api import __version__
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.request_body import openapi_body, parse_body
-from embedding_api.routes import _ERRORS, _service, read_body, run_embedding, timing_headers
+from embedding_api.request_body import openapi_body
+from embedding_api.routes import _ERRORS, _service, read_body, read_json, run_embedding, timing_headers
 from embedding_api.schemas import EmbeddingRequest
 
 router = APIRouter(tags=["simple"])
@@ -100,25 +100,25 @@ def _answer(key: str, value: np.ndarray, model: str, headers: dict[str, str]) ->
     return Response(body, media_type="application/json", headers=headers)
 
 
-async def _json(request: Request, model: type[BaseModel]) -> Any:
-    return parse_body(await read_body(request, _service(request).settings.max_request_bytes), model)
-
-
 @router.post("/embed/text", response_model=Embedding, responses=_ERRORS, openapi_extra=openapi_body(TextBody))
 async def embed_text(request: Request) -> Response:
-    body: TextBody = await _json(request, TextBody)
-    if not body.text:
-        raise ApiError(ErrorKind.INVALID_REQUEST, "text: must not be empty", param="text")
-    matrix, headers, model = await _vectors(request, EmbeddingRequest(input=body.text), "text")
+    service = _service(request)
+    with service.admission():  # before the body is read, as /v1/embeddings
+        body = await read_json(request, service, TextBody)
+        if not body.text:
+            raise ApiError(ErrorKind.INVALID_REQUEST, "text: must not be empty", param="text")
+        matrix, headers, model = await _vectors(request, EmbeddingRequest(input=body.text), "text")
     return _answer("embedding", matrix[0], model, headers)
 
 
 @router.post("/embed/texts", response_model=Embeddings, responses=_ERRORS, openapi_extra=openapi_body(TextsBody))
 async def embed_texts(request: Request) -> Response:
-    body: TextsBody = await _json(request, TextsBody)
-    if not body.texts:
-        raise ApiError(ErrorKind.INVALID_REQUEST, "texts: must not be empty", param="texts")
-    matrix, headers, model = await _vectors(request, EmbeddingRequest(input=list(body.texts)), "texts")
+    service = _service(request)
+    with service.admission():
+        body = await read_json(request, service, TextsBody)
+        if not body.texts:
+            raise ApiError(ErrorKind.INVALID_REQUEST, "texts: must not be empty", param="texts")
+        matrix, headers, model = await _vectors(request, EmbeddingRequest(input=list(body.texts)), "texts")
     return _answer("embeddings", matrix, model, headers)
 
 
@@ -130,14 +130,16 @@ def _image_request(source: str) -> EmbeddingRequest:
     "/embed/image/base64", response_model=Embedding, responses=_ERRORS, openapi_extra=openapi_body(ImageBase64Body)
 )
 async def embed_image_base64(request: Request) -> Response:
-    body: ImageBase64Body = await _json(request, ImageBase64Body)
-    if not body.image_base64:
-        raise ApiError(ErrorKind.INVALID_REQUEST, "image_base64: must not be empty", param="image_base64")
-    if "://" in body.image_base64[:16]:
-        raise ApiError(
-            ErrorKind.INVALID_REQUEST, "image_base64: must be base64 or a data URI, not a URL", param="image_base64"
-        )
-    matrix, headers, model = await _vectors(request, _image_request(body.image_base64), "image_base64")
+    service = _service(request)
+    with service.admission():
+        body = await read_json(request, service, ImageBase64Body)
+        if not body.image_base64:
+            raise ApiError(ErrorKind.INVALID_REQUEST, "image_base64: must not be empty", param="image_base64")
+        if "://" in body.image_base64[:16]:
+            raise ApiError(
+                ErrorKind.INVALID_REQUEST, "image_base64: must be base64 or a data URI, not a URL", param="image_base64"
+            )
+        matrix, headers, model = await _vectors(request, _image_request(body.image_base64), "image_base64")
     return _answer("embedding", matrix[0], model, headers)
 
 
@@ -147,7 +149,8 @@ async def _uploaded_file(request: Request) -> bytes:
         raise ApiError(
             ErrorKind.INVALID_REQUEST, "send the image as multipart/form-data in a field named 'file'", param="file"
         )
-    raw = await read_body(request, _service(request).settings.max_request_bytes)
+    settings = _service(request).settings
+    raw = bytes(await read_body(request, settings.max_request_bytes, settings.body_read_timeout))
     sent = False
 
     async def replay() -> Message:
@@ -175,7 +178,8 @@ async def _uploaded_file(request: Request) -> bytes:
 
 @router.post("/embed/image", response_model=Embedding, responses=_ERRORS, openapi_extra=_MULTIPART_BODY)
 async def embed_image(request: Request) -> Response:
-    data = await _uploaded_file(request)
-    source = base64.b64encode(data).decode("ascii")
-    matrix, headers, model = await _vectors(request, _image_request(source), "file")
+    with _service(request).admission():
+        data = await _uploaded_file(request)
+        source = base64.b64encode(data).decode("ascii")
+        matrix, headers, model = await _vectors(request, _image_request(source), "file")
     return _answer("embedding", matrix[0], model, headers)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from embedding_api.encoding import embeddings_response
 from embedding_api.engine import Engine
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.inputs import ItemSpec, parse_input
+from embedding_api.inputs import ItemSpec, check_instruction, parse_input
 from embedding_api.media import MediaResolver
 from embedding_api.schemas import EmbeddingRequest
 from embedding_api.settings import Settings
@@ -53,11 +55,22 @@ class EmbeddingService:
                 code="model_not_found",
             )
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
-        """One request, bounded by MAX_CONCURRENT_REQUESTS: past it the caller is told to retry at once."""
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """One request in progress, bounded by MAX_CONCURRENT_REQUESTS: past it the caller is told to retry at once.
+
+        Entered before the request's body is read, so refused requests cost neither memory nor parsing.
+        """
         if self.in_progress >= self.settings.max_concurrent_requests:
             raise ApiError(ErrorKind.OVERLOADED, "the server is busy: too many requests in progress, retry shortly")
         self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
+        """One request (admitted by the caller, see `admission`), bounded by REQUEST_TIMEOUT."""
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 return await self._embed(request)
@@ -65,15 +78,21 @@ class EmbeddingService:
             raise ApiError(
                 ErrorKind.TIMEOUT, f"the request took longer than REQUEST_TIMEOUT={self.settings.request_timeout:g} s"
             ) from None
-        finally:
-            self.in_progress -= 1
 
     async def _embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
         self.check_model(request.model)
         dimensions = self.output_dimension(request.dimensions)
         settings = self.settings
+        if request.instruction is not None:
+            check_instruction(request.instruction, settings.max_instruction_chars, "instruction")
         specs: list[ItemSpec] = parse_input(
-            request.input, max_items=settings.max_inputs_per_request, max_text_chars=settings.max_text_chars
+            request.input,
+            max_items=settings.max_inputs_per_request,
+            max_text_chars=settings.max_text_chars,
+            max_media_per_item=settings.max_media_per_item,
+            max_media_per_request=settings.max_media_per_request,
+            max_parts_per_item=settings.max_parts_per_item,
+            max_instruction_chars=settings.max_instruction_chars,
         )
         items = await self.resolver.resolve(specs)
         for item in items:

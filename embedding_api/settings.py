@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = "Qwen/Qwen3-VL-Embedding-2B"
 DEFAULT_INSTRUCTION = "Represent the user's input."
+_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+_SECRET_SETTINGS = frozenset({"api_key"})
 
 
 class Settings(BaseSettings):
@@ -21,11 +25,22 @@ class Settings(BaseSettings):
     api_key: str = Field("", description="API key, or several separated by commas; empty turns auth off.")
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(6008, ge=1, le=65535, description="Port to listen on.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Log level: debug, info, warning, error or critical (any case)."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text for people, json (one object a line) for machines."
     )
     metrics_require_key: bool = Field(False, description="Put GET /metrics behind the API key (public by default).")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's line and headers; then 408 and close."
+    )
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="Largest request line plus headers (bytes); past it, 431 and close."
+    )
+    max_connections: int | None = Field(
+        None, ge=16, description="Most open client connections; empty = auto (the file limit minus 256)."
+    )
 
     # Model
     model_name: str = Field("Qwen3-VL-Embedding-2B", description="The model name clients must send.")
@@ -49,6 +64,14 @@ class Settings(BaseSettings):
 
     # Limits
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body (bytes); past it, 413.")
+    body_read_timeout: float = Field(
+        120.0, gt=0, description="Seconds to receive a whole request body once reading starts; past it, 408."
+    )
+    max_json_values: int = Field(
+        1_000_000,
+        ge=1000,
+        description="Most JSON values and keys in one request body, counted before parsing; past it, 413.",
+    )
     max_inputs_per_request: int = Field(2048, ge=1, description="Most items in one request's `input`.")
     max_text_chars: int = Field(1_000_000, ge=1, description="Longest single text (characters); past it, 400.")
     max_tokens_per_request: int = Field(
@@ -76,6 +99,29 @@ class Settings(BaseSettings):
     allowed_local_media_path: str = Field(
         "", description="Folder file:// media URLs may read below; empty = file:// refused."
     )
+    max_parts_per_item: int = Field(
+        256, ge=1, description="Most parts (texts, images, videos) in one fused input; past it, 400."
+    )
+    max_instruction_chars: int = Field(
+        8192, ge=1, description="Longest instruction (characters), per input or per request; past it, 400."
+    )
+    max_request_pixels: int = Field(
+        200_000_000,
+        ge=1,
+        description="Most decoded image pixels one request may hold (images and frame-list frames); past it, 400.",
+    )
+    max_media_per_item: int = Field(
+        256, ge=1, description="Most media references (images, video URLs, video frames) in one input; past it, 400."
+    )
+    max_media_per_request: int = Field(
+        2048, ge=1, description="Most media references in one request, over all its inputs; past it, 400."
+    )
+    max_concurrent_fetches: int = Field(
+        64, ge=1, description="Most media downloads in flight at once, over all requests (shared fairly)."
+    )
+    max_fetches_per_request: int = Field(
+        8, ge=1, description="Most media downloads in flight for one request (keep well below the total)."
+    )
 
     # Batching
     max_batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass.")
@@ -91,6 +137,7 @@ class Settings(BaseSettings):
     @field_validator(
         "embedding_dimension",
         "max_batch_pixels",
+        "max_connections",
         "max_image_size",
         "max_image_width",
         "max_image_height",
@@ -100,7 +147,54 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case_level(cls, value: object) -> object:
+        """`INFO`, `Warning`, `warn`, `FATAL`: every name the logging module knows, in any case."""
+        if not isinstance(value, str):
+            return value
+        level = value.strip().lower()
+        return _LEVEL_ALIASES.get(level, level)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _known_device(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        device = value.strip().lower()
+        if not _DEVICE_PATTERN.fullmatch(device):
+            raise ValueError("must be auto, cpu, cuda or cuda:N (N the GPU's index)")
+        return device
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_blank_keys(cls, value: str) -> str:
+        if value and not value.replace(",", "").strip():
+            raise ValueError(
+                "holds only blanks and commas, which would silently turn authentication off: "
+                "set a key, or leave API_KEY empty to run without one"
+            )
+        return value
+
     @cached_property
     def api_keys(self) -> tuple[str, ...]:
         """The configured keys, blanks dropped."""
         return tuple(key.strip() for key in self.api_key.split(",") if key.strip())
+
+
+def settings_errors(exc: ValidationError) -> list[str]:
+    """One line per invalid setting, named as in `.env` (`PORT`), without pydantic's URLs; keys never echoed."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]).upper() or "SETTINGS"
+        message = str(error.get("ctx", {}).get("error", "")) if error["type"] == "value_error" else error["msg"]
+        lines.append(f"{name}: {message or error['msg']}{_shown_value(error)}")
+    return lines
+
+
+def _shown_value(error: Any) -> str:
+    if error["type"] == "missing" or not error["loc"] or str(error["loc"][0]) in _SECRET_SETTINGS:
+        return ""
+    value = error.get("input")
+    text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return f" (got {text})"

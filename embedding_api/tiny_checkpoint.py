@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "RANDOM_WEIGHTS_MARKER",
     "SMALL_SPEC",
     "SPECIAL_TOKENS",
     "TinySpec",
@@ -33,6 +34,9 @@ __all__ = [
     "main",
     "real_2b_config",
 ]
+
+# Key of config.json, set true in every checkpoint built here: the server reads it to say the weights are random.
+RANDOM_WEIGHTS_MARKER = "embedding_api_random_weights"
 
 # Special tokens in the order Qwen gives them ids (right after the BPE vocabulary).
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -389,6 +393,7 @@ def build_tiny_checkpoint(out_dir: str | Path, spec: TinySpec = TinySpec()) -> P
         token_ids[name] = token_id
     vocab_size = -(-len(tokenizer) // 64) * 64 + 64  # round up, with a little headroom
     config = _make_config(spec, token_ids, vocab_size)
+    setattr(config, RANDOM_WEIGHTS_MARKER, True)  # saved into config.json with the rest
 
     image_processor = Qwen2VLImageProcessor(
         patch_size=16,

@@ -176,3 +176,39 @@ def test_key_checker_handles_non_ascii() -> None:
 )
 def test_presented_key(headers: dict[str, str], expected: str | None) -> None:
     assert presented_key(headers) == expected
+
+
+# ---- non-ASCII keys: the header's bytes, as UTF-8 (and Latin-1) -------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["clé-ünïcode", "clé-à", "ключ", "鍵-key"])
+def test_a_non_ascii_key_works_sent_as_utf8(make_client: Callable[..., TestClient], key: str) -> None:
+    client = make_client(api_key=key)
+    client.headers.pop("Authorization")
+    sent_as_utf8 = {b"Authorization": b"Bearer " + key.encode("utf-8")}
+    assert client.post("/v1/embeddings", json={"input": "x"}, headers=sent_as_utf8).status_code == 200
+    as_x_api_key = {b"X-API-Key": key.encode("utf-8")}
+    assert client.post("/v1/embeddings", json={"input": "x"}, headers=as_x_api_key).status_code == 200
+    wrong = {b"Authorization": b"Bearer " + (key[:-1] + "x").encode("utf-8")}
+    assert_unauthorized(client.post("/v1/embeddings", json={"input": "x"}, headers=wrong))
+
+
+def test_a_latin1_key_still_works_sent_as_latin1(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(api_key="clé-à")
+    client.headers.pop("Authorization")
+    sent_as_latin1 = {b"Authorization": b"Bearer " + "clé-à".encode("latin-1")}  # Python's requests does this
+    assert client.post("/v1/embeddings", json={"input": "x"}, headers=sent_as_latin1).status_code == 200
+
+
+def test_key_checker_compares_raw_bytes() -> None:
+    checker = KeyChecker(("clé-à",))
+    assert checker.accepts("clé-à".encode())
+    assert checker.accepts("clé-à".encode("latin-1"))
+    assert not checker.accepts("clé-à".encode()[:-1])  # 0xA0 is a byte of the key, not a blank to strip
+    assert not checker.accepts(b"cle-a")
+
+
+def test_presented_key_strips_only_http_blanks() -> None:
+    raw_utf8 = "clé-à".encode().decode("latin-1")  # as the middleware sees the header: one character a byte
+    assert presented_key({"authorization": f"Bearer {raw_utf8}"}) == raw_utf8
+    assert presented_key({"x-api-key": f"\t{raw_utf8} "}) == raw_utf8

@@ -6,28 +6,58 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import torch
 
 from embedding_api import download as download_module
 from embedding_api.cli import _env_default
+from embedding_api.environment import PROCESS_VARIABLES
 from embedding_api.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+OLDER_ENV = Path(__file__).parent / "older_project.env"  # the older embedding_api's .env, verbatim
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+def cli_env(**env: str) -> dict[str, str]:
+    """This process's environment without settings or process variables (so only `.env` and `env` count)."""
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if key.lower() not in Settings.model_fields and key.upper() not in PROCESS_VARIABLES
+    }
+    clean.update(PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1", **env)
+    return clean
 
 
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`python -m embedding_api ARGS` in `cwd` (so no stray .env is read), settings only from `env`."""
-    clean = {key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields}
-    clean.pop("HF_HUB_OFFLINE", None)
-    clean.update(PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1", **env)
     return subprocess.run(
-        [sys.executable, "-m", "embedding_api", *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "embedding_api", *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+
+
+def older_env(model_path: str | None = None, device: str | None = None) -> str:
+    """The older project's .env, verbatim but for MODEL_PATH and DEVICE when given."""
+    text = OLDER_ENV.read_text(encoding="utf-8")
+    if model_path is not None:
+        text = text.replace("MODEL_PATH=./models/Qwen3-VL-Embedding-2B ", f"MODEL_PATH={model_path} ")
+    if device is not None:
+        text = text.replace("DEVICE=cuda ", f"DEVICE={device} ")
+    return text
 
 
 def closed_port() -> int:
@@ -151,7 +181,192 @@ def test_serve_with_a_missing_model_folder_is_one_sentence(tmp_path: Path) -> No
 
 def test_invalid_setting_is_one_line_error(tmp_path: Path) -> None:
     line = assert_one_line_error(run_cli("download", cwd=tmp_path, PORT="not-a-port"))
-    assert line.startswith("error: invalid settings: PORT")
+    assert line == (
+        "error: invalid setting PORT: Input should be a valid integer, unable to parse string as an integer "
+        "(got 'not-a-port')"
+    )
+
+
+def test_every_invalid_setting_is_reported_in_one_start(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=not-a-port\nLOG_LEVEL=loud\nMAX_BATCHSIZE=8\n")
+    result = run_cli(cwd=tmp_path, API_KEY=" , ", DEVICE="gpu")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "warning: .env: unknown setting MAX_BATCHSIZE is ignored; did you mean MAX_BATCH_SIZE?",
+        "error: invalid setting API_KEY: holds only blanks and commas, which would silently turn authentication off: "
+        "set a key, or leave API_KEY empty to run without one",
+        "error: invalid setting PORT: Input should be a valid integer, unable to parse string as an integer "
+        "(got 'not-a-port')",
+        "error: invalid setting LOG_LEVEL: Input should be 'debug', 'info', 'warning', 'error' or 'critical' "
+        "(got 'loud')",
+        "error: invalid setting DEVICE: must be auto, cpu, cuda or cuda:N (N the GPU's index) (got 'gpu')",
+    ]
+    assert result.stdout == ""
+
+
+def test_the_older_env_has_only_model_path_and_device_changed(tiny_model_dir: Path) -> None:
+    before = OLDER_ENV.read_text(encoding="utf-8").splitlines()
+    after = older_env(str(tiny_model_dir), "cpu").splitlines()
+    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert [new.split()[0] for _, new in changed] == [f"MODEL_PATH={tiny_model_dir}", "DEVICE=cpu"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_the_older_env_with_a_checkpoint_and_cpu_starts_on_the_first_try(tmp_path: Path, tiny_model_dir: Path) -> None:
+    (tmp_path / ".env").write_text(older_env(str(tiny_model_dir), "cpu"), encoding="utf-8")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        # The real environment wins over .env: the test's free loopback port instead of its PORT=6008.
+        server = subprocess.Popen(
+            [sys.executable, "-m", "embedding_api"],
+            cwd=tmp_path,
+            env=cli_env(PORT=str(port), HOST="127.0.0.1"),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        health = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                health = httpx.get(f"{url}/health", timeout=2)
+                if health.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        assert health is not None and health.status_code == 200, log_path.read_text()
+        body = health.json()
+        assert body["model"] == "Qwen3-VL-Embedding-2B"
+        assert body["device"] == "cpu"
+        assert (body["max_image_width"], body["max_image_height"]) == (512, 512)
+        assert body["random_weights"] is True
+        key = {"Authorization": "Bearer sk-embedding-api-secret-key-20260114"}
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": "hi"}, timeout=30).status_code == 401
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": "hi"}, headers=key, timeout=30).status_code == 200
+        head = httpx.head(f"{url}/health", timeout=5)
+        assert head.status_code == 200 and head.content == b""
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=30)
+    log = log_path.read_text()
+    assert "Traceback" not in log and "unknown setting" not in log
+    assert "holds RANDOM weights" in log
+
+
+@NO_CUDA
+def test_the_older_env_with_device_cuda_fails_in_one_sentence_about_device(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    (tmp_path / ".env").write_text(older_env(str(tiny_model_dir)), encoding="utf-8")
+    result = run_cli(cwd=tmp_path)
+    assert result.returncode == 1
+    # CUDA_VISIBLE_DEVICES=1 of .env reached the process before torch looked for GPUs.
+    assert result.stderr.splitlines() == [
+        "error: DEVICE=cuda was asked for but CUDA is not available (CUDA_VISIBLE_DEVICES=1); set DEVICE=cpu or auto."
+    ]
+    assert result.stdout == ""
+
+
+@NO_CUDA
+def test_the_older_env_verbatim_reports_both_problems_at_once(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(older_env(), encoding="utf-8")
+    result = run_cli(cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: DEVICE=cuda was asked for but CUDA is not available (CUDA_VISIBLE_DEVICES=1); set DEVICE=cpu or auto.",
+        "error: MODEL_PATH=./models/Qwen3-VL-Embedding-2B does not hold the model yet: run `make download` (or "
+        "`python -m embedding_api download`) to fetch Qwen/Qwen3-VL-Embedding-2B into that folder, or point "
+        "MODEL_PATH at a folder that has the model.",
+    ]
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_model_folder_not_downloaded_yet_says_make_download(tmp_path: Path) -> None:
+    line = assert_one_line_error(
+        run_cli(cwd=tmp_path, MODEL_PATH="./models/Qwen3-VL-Embedding-2B", DEVICE="cpu", HF_HUB_OFFLINE="1")
+    )
+    assert line == (
+        "error: MODEL_PATH=./models/Qwen3-VL-Embedding-2B does not hold the model yet: run `make download` (or "
+        "`python -m embedding_api download`) to fetch Qwen/Qwen3-VL-Embedding-2B into that folder, or point "
+        "MODEL_PATH at a folder that has the model."
+    )
+
+
+@pytest.mark.parametrize(
+    ("model_path", "repo_id"),
+    [
+        ("./models/Qwen3-VL-Embedding-2B", "Qwen/Qwen3-VL-Embedding-2B"),
+        ("models/Qwen3-VL-Embedding-2B", "Qwen/Qwen3-VL-Embedding-2B"),
+        ("./weights/qwen3-vl-embedding-8b", "Qwen/Qwen3-VL-Embedding-8B"),
+    ],
+)
+def test_download_fills_exactly_the_model_path_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model_path: str, repo_id: str
+) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    calls: list[tuple[str, Path]] = []
+
+    def fake_snapshot_download(repo_id: str, *, local_dir: Path) -> str:
+        calls.append((repo_id, Path(local_dir)))
+        return str(local_dir)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODEL_PATH", model_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert download_module.download() == 0
+    assert calls == [(repo_id, Path(model_path))]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"done: MODEL_PATH={model_path} now holds {repo_id}."
+
+
+def test_download_resumes_into_a_half_filled_model_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    folder = tmp_path / "models" / "Qwen3-VL-Embedding-2B"
+    folder.mkdir(parents=True)
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"partial")
+    calls: list[tuple[str, Path]] = []
+
+    def fake_snapshot_download(repo_id: str, *, local_dir: Path) -> str:
+        calls.append((repo_id, Path(local_dir)))
+        return str(local_dir)
+
+    monkeypatch.setenv("MODEL_PATH", str(folder))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert download_module.download() == 0
+    assert calls == [("Qwen/Qwen3-VL-Embedding-2B", folder)]
+
+
+def test_hf_endpoint_in_dotenv_reaches_the_hub_client(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    (tmp_path / ".env").write_text(f"HF_ENDPOINT={endpoint}\n")
+    line = assert_one_line_error(run_cli("download", cwd=tmp_path))
+    assert f"cannot reach the Hugging Face hub ({endpoint})" in line
+
+
+def test_the_real_environment_wins_over_dotenv_process_variables(tmp_path: Path) -> None:
+    in_dotenv, in_environment = f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}"
+    (tmp_path / ".env").write_text(f"HF_ENDPOINT={in_dotenv}\n")
+    line = assert_one_line_error(run_cli("download", cwd=tmp_path, HF_ENDPOINT=in_environment))
+    assert f"cannot reach the Hugging Face hub ({in_environment})" in line
 
 
 def test_dockerfile_passes_hadolint() -> None:

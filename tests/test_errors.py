@@ -11,6 +11,7 @@ from httpx import Response
 
 from embedding_api.errors import ERROR_TABLE, ApiError, ErrorKind, error_body
 from embedding_api.families.base import EmbeddingFamily
+from embedding_api.request_body import param_of
 from tests.conftest import MediaServer, data_uri, image_bytes, make_image
 
 MODEL = "Qwen3-VL-Embedding-2B"
@@ -43,7 +44,7 @@ def openai_error(response: Response, status: int) -> dict[str, Any]:
 def test_every_error_kind_has_a_status_and_a_type() -> None:
     assert set(ERROR_TABLE) == set(ErrorKind)
     for kind, (status, kind_type) in ERROR_TABLE.items():
-        assert status in OPENAI_STATUSES or status in (405, 504), kind
+        assert status in OPENAI_STATUSES or status in (405, 408, 431, 504), kind
         assert kind_type.endswith("_error") or kind_type in ("service_unavailable", "timeout"), kind
 
 
@@ -203,3 +204,55 @@ def test_curl_style_body_without_json_content_type(client: TestClient, content_t
     )
     assert response.status_code == 200, response.text
     assert [entry["index"] for entry in response.json()["data"]] == [0, 1]
+
+
+# ---- strict types and our own param names ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dimensions", [True, False, "8", 8.0])
+def test_dimensions_must_be_a_json_integer(client: TestClient, dimensions: Any) -> None:
+    error = openai_error(embed(client, input="hi", dimensions=dimensions), 400)
+    assert error["param"] == "dimensions"
+    assert error["message"] == "dimensions must be an integer"
+
+
+@pytest.mark.parametrize("field", ["normalize", "truncate"])
+@pytest.mark.parametrize("value", ["no", "true", 0, 1, None])
+def test_flags_must_be_json_booleans(client: TestClient, field: str, value: Any) -> None:
+    error = openai_error(embed(client, input="hi", **{field: value}), 400)
+    assert error["param"] == field
+    assert error["message"] == f"{field} must be a boolean"
+
+
+def test_real_booleans_and_integers_are_still_accepted(client: TestClient) -> None:
+    response = embed(client, input="hi", dimensions=4, normalize=False, truncate=True)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"][0]["embedding"]) == 4
+
+
+@pytest.mark.parametrize("value", [5, None, True, 1.5])
+def test_input_of_the_wrong_type_names_input_not_a_pydantic_branch(client: TestClient, value: Any) -> None:
+    error = openai_error(embed(client, input=value), 400)
+    assert error["param"] == "input"
+    assert error["message"] == "input must be a string, an array or an object"
+
+
+def test_older_route_list_items_are_named_with_brackets(client: TestClient) -> None:
+    error = openai_error(client.post("/embed/texts", json={"texts": ["a", 3]}), 400)
+    assert error["param"] == "texts[1]"
+    assert error["message"] == "texts[1] must be a string"
+
+
+@pytest.mark.parametrize(
+    ("location", "param"),
+    [
+        (("body", "input", "str"), "input"),
+        (("body", "input", "list[any]"), "input"),
+        (("body", "texts", 1), "texts[1]"),
+        (("input", 3), "input[3]"),
+        (("query", "limit"), "limit"),
+        (("body",), None),
+    ],
+)
+def test_param_of_uses_our_names(location: tuple[Any, ...], param: str | None) -> None:
+    assert param_of(location) == param

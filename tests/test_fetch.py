@@ -26,7 +26,9 @@ from httpcore._backends.auto import AutoBackend
 
 from embedding_api import url_guard
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.fetch import FetchLimits, MediaFetcher, is_fetchable
+from embedding_api.fetch import FetchLimits, FetchShare, FetchSlots, MediaFetcher, is_fetchable, media_client
+from embedding_api.inputs import parse_input
+from embedding_api.media import MediaLimits, MediaResolver
 from embedding_api.url_guard import IPAddress, Resolver, UrlGuard, UrlPolicy
 from tests.conftest import LocalHttpServer, MediaServer, free_port, image_bytes, make_image
 
@@ -697,3 +699,184 @@ def test_local_media_path_setting(make_client: Callable[..., TestClient], media_
         assert "outside ALLOWED_LOCAL_MEDIA_PATH" in embed_error(client, outside)["message"]
     small = make_client(allowed_local_media_path=str(media_folder), max_image_bytes=len(PNG) - 1)
     assert "byte limit" in embed_error(small, inside)["message"]
+
+
+# ---- fetch slots: bounded in front of the pool, fair between requests, cheap to cancel --------------------------
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def test_a_freed_slot_goes_to_the_request_with_the_fewest_fetches_in_flight() -> None:
+    async def go() -> None:
+        slots = FetchSlots(2)
+        busy, newcomer = slots.share(), slots.share()
+        started: list[str] = []
+        gates: dict[str, asyncio.Event] = {}
+
+        async def one(share: FetchShare, name: str) -> None:
+            gates[name] = asyncio.Event()
+            async with share.slot():
+                started.append(name)
+                await gates[name].wait()
+
+        tasks = [asyncio.create_task(one(busy, f"busy{n}")) for n in range(5)]
+        await settle()
+        tasks.append(asyncio.create_task(one(newcomer, "new")))
+        await settle()
+        assert started == ["busy0", "busy1"]
+        gates["busy0"].set()
+        await settle()
+        assert started[-1] == "new"  # not busy2, although it queued first
+        gates["busy1"].set()
+        await settle()
+        assert started[-1] == "busy2"  # now the busy request has fewer in flight
+        for gate in gates.values():
+            gate.set()
+        await asyncio.gather(*tasks)
+        assert slots.in_flight == 0
+
+    asyncio.run(go())
+
+
+def test_cancelling_thousands_of_queued_fetches_is_cheap() -> None:
+    async def go() -> float:
+        slots = FetchSlots(4)
+        share = slots.share()
+        hold = asyncio.Event()
+
+        async def one() -> None:
+            async with share.slot():
+                await hold.wait()
+
+        tasks = [asyncio.create_task(one()) for _ in range(10_000)]
+        await settle()
+        assert slots.in_flight == 4
+        started = time.perf_counter()
+        for task in tasks[4:]:
+            task.cancel()
+        await asyncio.gather(*tasks[4:], return_exceptions=True)
+        seconds = time.perf_counter() - started
+        hold.set()
+        await asyncio.gather(*tasks[:4])
+        assert slots.in_flight == 0 and share.active == 0
+        async with share.slot():
+            assert slots.in_flight == 1
+        return seconds
+
+    assert asyncio.run(go()) < 2.0  # linear, like asyncio.Semaphore (about 0.1 s here); httpcore's queue took minutes
+
+
+def test_a_slot_granted_to_a_cancelled_waiter_is_handed_back() -> None:
+    async def go() -> None:
+        slots = FetchSlots(1)
+        share = slots.share()
+        held = share.slot()
+        await held.__aenter__()
+
+        async def waiter() -> None:
+            async with share.slot():
+                raise AssertionError("a cancelled waiter ran")
+
+        task = asyncio.create_task(waiter())
+        await settle()
+        await held.__aexit__(None, None, None)  # grants the slot to the waiter...
+        task.cancel()  # ...which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert slots.in_flight == 0
+
+    asyncio.run(go())
+
+
+class CountingServer(_Server):
+    """Answers every GET with PNG after `delay`; records the most requests it served at once."""
+
+    def __init__(self, delay: float) -> None:
+        self.current = self.peak = self.hits = 0
+        lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                with lock:
+                    server.hits += 1
+                    server.current += 1
+                    server.peak = max(server.peak, server.current)
+                time.sleep(delay)
+                with lock:
+                    server.current -= 1
+                status = 404 if self.path.startswith("/missing") else 200
+                self.send_response(status)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(PNG)))
+                self.end_headers()
+                self.wfile.write(PNG)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(Handler)
+
+    def image(self, n: int, path: str = "/img") -> dict[str, Any]:
+        return {"type": "image", "data": f"http://127.0.0.1:{self.httpd.server_address[1]}{path}/{n}.png"}
+
+
+def resolver(client: httpx.AsyncClient, total: int, per_request: int) -> MediaResolver:
+    fetch_limits = limits(max_in_flight=total, max_in_flight_per_request=per_request)
+    return MediaResolver(MediaFetcher(client, fetch_limits), MediaLimits())
+
+
+def test_fetches_are_bounded_per_request_and_in_total() -> None:
+    with CountingServer(delay=0.1) as server:
+
+        async def go() -> None:
+            async with media_client(limits(max_in_flight=3)) as client:
+                media = resolver(client, total=3, per_request=2)
+                items = await media.resolve(parse_input([server.image(n) for n in range(8)], max_items=100))
+                assert len(items) == 8 and all(len(item.images) == 1 for item in items)
+                assert server.peak == 2
+                server.peak = 0
+                requests = [parse_input([server.image(n) for n in range(8)], max_items=100) for _ in range(3)]
+                await asyncio.gather(*(media.resolve(specs) for specs in requests))
+                assert server.peak == 3
+
+        asyncio.run(go())
+
+
+def test_the_first_failure_stops_a_request_without_starting_its_other_fetches() -> None:
+    with CountingServer(delay=0.2) as server:
+
+        async def go() -> None:
+            async with media_client(limits()) as client:
+                media = resolver(client, total=64, per_request=2)
+                specs = parse_input(
+                    [server.image(0, "/missing"), *(server.image(n) for n in range(200))], max_items=300
+                )
+                with pytest.raises(ApiError) as caught:
+                    await media.resolve(specs)
+                assert caught.value.param == "input[0]"
+                assert media.fetcher.slots.in_flight == 0
+
+        started = time.perf_counter()
+        asyncio.run(go())
+        assert time.perf_counter() - started < 2.0
+        assert server.hits <= 4  # the failing fetch and the few running beside it, not 200
+
+
+def test_media_caps_refuse_before_any_fetch(make_client: Callable[..., TestClient], media_server: MediaServer) -> None:
+    url = media_server.add("/cap.png", PNG)
+    client = make_client(max_media_per_item=2, max_media_per_request=3)
+    part = {"type": "image_url", "image_url": {"url": url}}
+    response = client.post("/v1/embeddings", json={"input": ["text", [part, part, part]]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "input[1]"
+    response = client.post("/v1/embeddings", json={"input": [[part, part], part, [part]]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "input[2]"
+    assert media_server.hits == {}
+    assert client.post("/v1/embeddings", json={"input": [[part, part], part]}).status_code == 200

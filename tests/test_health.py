@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from httpx import Response
 from embedding_api.app import create_app
 from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem
 from embedding_api.items import Item
-from embedding_api.loader import ModelUnavailable, resolve_model_path
+from embedding_api.loader import ModelUnavailable, has_random_weights, resolve_model_path
 from embedding_api.settings import Settings
 from tests.conftest import API_KEY, make_settings
 
@@ -34,6 +35,8 @@ HEALTH_FIELDS = {
     "max_image_width",
     "max_image_height",
     "detail",
+    "random_weights",
+    "note",
 }
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -65,7 +68,7 @@ class Gate:
 @contextmanager
 def loading_app(settings: Settings, gate: Gate) -> Iterator[TestClient]:
     try:
-        with TestClient(create_app(settings, loader=gate)) as client:
+        with TestClient(create_app(settings, loader=gate), headers=AUTH) as client:  # model_path: for keyed callers
             assert gate.entered.wait(timeout=10)
             yield client
             gate.release.set()
@@ -103,6 +106,7 @@ def test_health_is_503_loading_then_200_ok(tiny_model_dir: Path, tiny_family: Em
         assert body["cuda_available"] is torch.cuda.is_available()
         assert body["embedding_dimension"] == tiny_family.dimension
         assert body["detail"] is None
+        assert body["random_weights"] is True  # the test checkpoint is the tiny random one
 
 
 def test_embeddings_are_503_while_loading(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> None:
@@ -123,6 +127,7 @@ def test_embeddings_are_503_while_loading(tiny_model_dir: Path, tiny_family: Emb
 def test_health_needs_no_key_while_loading(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> None:
     gate = Gate(tiny_family)
     with loading_app(make_settings(tiny_model_dir), gate) as client:
+        client.headers.pop("Authorization")
         assert client.get("/health").status_code == 503
         assert client.post("/v1/embeddings", json={"input": "hi"}).status_code == 401
 
@@ -149,7 +154,7 @@ def test_custom_model_name_in_health(make_client: Callable[..., TestClient]) -> 
 
 
 def failing_app(settings: Settings, loader: Callable[[Settings], EmbeddingFamily], fatal: list[str]) -> TestClient:
-    return TestClient(create_app(settings, loader=loader, on_fatal=fatal.append))
+    return TestClient(create_app(settings, loader=loader, on_fatal=fatal.append), headers=AUTH)
 
 
 def test_model_unavailable_gives_503_error_with_detail(tiny_model_dir: Path) -> None:
@@ -283,3 +288,154 @@ def test_uncached_hub_id_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> 
     assert_one_sentence(message)
     assert hub_id in message
     assert f"download {hub_id}" in message  # says how to get it
+
+
+# ---- random weights (the demo) ---------------------------------------------------------------------------------
+
+RANDOM_NOTE = (
+    "MODEL_PATH={path} holds RANDOM weights (a test checkpoint built by embedding_api.tiny_checkpoint): "
+    "its vectors are meaningless, though served as 'Qwen3-VL-Embedding-2B'"
+)
+
+
+def test_the_tiny_checkpoint_is_marked_random(tiny_model_dir: Path) -> None:
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["embedding_api_random_weights"] is True
+    assert has_random_weights(str(tiny_model_dir)) is True
+
+
+@pytest.mark.parametrize(
+    "config", ['{"model_type": "qwen3_vl"}', '{"embedding_api_random_weights": "yes"}', "[1]", "{"]
+)
+def test_other_checkpoints_are_not_random(tmp_path: Path, config: str) -> None:
+    (tmp_path / "config.json").write_text(config)
+    assert has_random_weights(str(tmp_path)) is False
+
+
+def test_a_missing_folder_or_a_hub_id_is_not_random(tmp_path: Path) -> None:
+    assert has_random_weights(str(tmp_path / "nothing")) is False
+    assert has_random_weights("Qwen/Qwen3-VL-Embedding-2B") is False
+
+
+def test_health_says_the_weights_are_random(
+    tiny_model_dir: Path, tiny_family: EmbeddingFamily, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = Gate(tiny_family)
+    with caplog.at_level("WARNING"), loading_app(make_settings(tiny_model_dir), gate) as client:
+        loading = client.get("/health").json()
+        assert loading["random_weights"] is True
+        assert loading["note"] == RANDOM_NOTE.format(path=tiny_model_dir)
+        gate.release.set()
+        ready = wait_for(client, "ok").json()
+        assert ready["random_weights"] is True
+        assert ready["note"] == RANDOM_NOTE.format(path=tiny_model_dir)
+    assert f"!!! {RANDOM_NOTE.format(path=tiny_model_dir)} !!!" in caplog.messages
+
+
+def test_health_of_real_weights_has_no_note(tmp_path: Path, tiny_family: EmbeddingFamily) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3_vl"}')
+    gate = Gate(tiny_family)
+    gate.release.set()
+    with loading_app(make_settings(tmp_path), gate) as client:
+        body = wait_for(client, "ok").json()
+    assert body["random_weights"] is False
+    assert body["note"] is None
+
+
+# ---- what /health shows without a key ----------------------------------------------------------------------------
+
+
+def test_health_without_a_key_hides_the_model_path(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> None:
+    gate = Gate(tiny_family)
+    gate.release.set()
+    with loading_app(make_settings(tiny_model_dir), gate) as client:
+        wait_for(client, "ok")
+        keyed = client.get("/health").json()
+        for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong-key"}):
+            anonymous = client.get("/health", headers=headers)
+            assert anonymous.status_code == 200
+            body = anonymous.json()
+            assert set(body) == HEALTH_FIELDS
+            assert body["model_path"] is None
+            assert str(tiny_model_dir) not in anonymous.text
+            assert body["note"] == RANDOM_NOTE.format(path="<hidden>")
+            assert {key: value for key, value in body.items() if key not in ("model_path", "note")} == {
+                key: value for key, value in keyed.items() if key not in ("model_path", "note")
+            }
+    assert keyed["model_path"] == str(tiny_model_dir)
+
+
+def test_a_load_failure_without_a_key_hides_the_model_path(tiny_model_dir: Path) -> None:
+    def loader(_: Settings) -> EmbeddingFamily:
+        raise RuntimeError("CUDA error: no kernel image")
+
+    with failing_app(make_settings(tiny_model_dir), loader, []) as client:
+        wait_for(client, "error")
+        body = client.get("/health", headers={"Authorization": ""}).json()
+    assert body["model_path"] is None
+    assert "CUDA error: no kernel image" in body["detail"] and str(tiny_model_dir) not in body["detail"]
+
+
+def test_health_with_auth_off_shows_the_model_path(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> None:
+    gate = Gate(tiny_family)
+    gate.release.set()
+    with loading_app(make_settings(tiny_model_dir, api_key=""), gate) as client:
+        body = wait_for(client, "ok").json()
+    assert body["model_path"] == str(tiny_model_dir)  # everyone may use every route then
+
+
+# ---- HEAD /health ----------------------------------------------------------------------------------------------
+
+
+def test_head_health_answers_like_get_without_a_body(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> None:
+    gate = Gate(tiny_family)
+    with loading_app(make_settings(tiny_model_dir), gate) as client:
+        get, head = client.get("/health"), client.head("/health")
+        assert (get.status_code, head.status_code) == (503, 503)
+        assert head.content == b""
+        assert head.headers["content-type"] == "application/json"
+        assert head.headers["content-length"] == get.headers["content-length"]
+        gate.release.set()
+        wait_for(client, "ok")
+        get, head = client.get("/health"), client.head("/health")
+        assert (get.status_code, head.status_code) == (200, 200)
+        assert head.content == b""
+        assert head.headers["content-length"] == get.headers["content-length"]
+
+
+def test_head_health_needs_no_key(client: TestClient) -> None:
+    client.headers.pop("Authorization")
+    assert client.head("/health").status_code == 200
+
+
+# ---- the older project's MODEL_PATH ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("relative", ["./models/Qwen3-VL-Embedding-2B", "models/Qwen3-VL-Embedding-2B"])
+def test_a_known_model_folder_not_downloaded_yet_says_make_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailable) as caught:
+        resolve_model_path(relative)
+    assert str(caught.value) == (
+        f"MODEL_PATH={relative} does not hold the model yet: run `make download` (or `python -m embedding_api "
+        "download`) to fetch Qwen/Qwen3-VL-Embedding-2B into that folder, or point MODEL_PATH at a folder that has "
+        "the model."
+    )
+    assert_one_sentence(str(caught.value))
+
+
+def test_an_embedding_dimension_over_the_models_size_fails_the_start(
+    tiny_model_dir: Path, tiny_family: EmbeddingFamily
+) -> None:
+    fatal: list[str] = []
+    settings = make_settings(tiny_model_dir, embedding_dimension=2048)
+    with failing_app(settings, lambda _: tiny_family, fatal) as client:
+        response = wait_for(client, "error")
+        assert response.status_code == 503
+    assert fatal == [
+        f"EMBEDDING_DIMENSION=2048 is more than the 64 dimensions of MODEL_PATH={tiny_model_dir}; "
+        "set at most 64 or leave it empty."
+    ]
+    assert_one_sentence(fatal[0])

@@ -332,3 +332,60 @@ def test_conflicting_instructions_in_a_fused_array() -> None:
 def test_every_message_starts_with_its_param() -> None:
     error = refused(["a", {"type": "bogus"}])
     assert error.message.startswith("input[1]: ")
+
+
+# ---- media reference caps -------------------------------------------------------------------------------------
+
+
+def media_refused(raw: Any, per_item: int | None = None, per_request: int | None = None) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        parse_input(raw, max_items=2048, max_media_per_item=per_item, max_media_per_request=per_request)
+    assert caught.value.status == 400
+    return caught.value
+
+
+def test_media_per_item_cap_counts_images_video_urls_and_every_frame() -> None:
+    item = [
+        {"type": "image_url", "image_url": URL},
+        {"type": "video_url", "video_url": VIDEO_URL},
+        {"type": "video", "data": [URL, URL, DATA_URI]},
+    ]
+    assert parse_input([item], max_items=10, max_media_per_item=5)[0].media_count == 5
+    error = media_refused(["text", item], per_item=4)
+    assert error.param == "input[1]"
+    assert error.message.startswith("input[1]: has 5 media references")
+    assert "MAX_MEDIA_PER_ITEM" in error.message
+
+
+def test_media_per_request_cap_names_the_item_that_passes_it() -> None:
+    image = {"type": "image", "data": URL}
+    assert len(parse_input([image, "text", image], max_items=10, max_media_per_request=2)) == 3
+    error = media_refused([image, "text", image, [image, image]], per_request=3)
+    assert error.param == "input[3]"
+    assert "to 4" in error.message and "MAX_MEDIA_PER_REQUEST" in error.message
+
+
+def test_thousands_of_references_in_one_fused_input_are_refused() -> None:
+    error = media_refused([[{"type": "image_url", "image_url": f"{URL}?{n}"} for n in range(2000)]], per_item=256)
+    assert error.param == "input[0]"
+
+
+def test_parts_of_a_fused_input_are_capped() -> None:
+    assert parse_input([["a"] * 5], max_items=8, max_parts_per_item=5)[0].part_count == 5
+    with pytest.raises(ApiError) as caught:
+        parse_input(["fine", ["a", "b", {"type": "image", "data": "x"}]], max_items=8, max_parts_per_item=2)
+    assert caught.value.param == "input[1]" and "MAX_PARTS_PER_ITEM" in caught.value.message
+
+
+def test_instructions_are_capped_where_they_are_given() -> None:
+    ok = parse_input([{"content": ["a"], "instruction": "x" * 10}], max_items=8, max_instruction_chars=10)
+    assert ok[0].instruction == "x" * 10
+    with pytest.raises(ApiError) as caught:
+        parse_input(["a", {"content": ["b"], "instruction": "x" * 11}], max_items=8, max_instruction_chars=10)
+    assert caught.value.param == "input[1].instruction" and "MAX_INSTRUCTION_CHARS" in caught.value.message
+
+
+def test_a_blank_instruction_counts_as_none() -> None:
+    """So the request-level instruction (or the default) applies, as for an empty one."""
+    spec = parse_input([{"content": ["a"], "instruction": " \t\n"}], max_items=8)[0]
+    assert spec.instruction is None

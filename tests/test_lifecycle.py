@@ -145,3 +145,39 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tiny_model_dir: Path) 
     ok = [diff for kind, diff in outcomes if kind == "ok"]
     assert len(ok) >= 10  # requests were in flight when the signal came
     assert max(ok) <= 1e-5  # and every accepted one finished with the right vector
+
+
+def test_requests_still_running_when_shutdown_timeout_runs_out_get_503_json(
+    make_client: Callable[..., TestClient], tiny_family: EmbeddingFamily
+) -> None:
+    client = make_client()
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    gate = threading.Event()
+    runtime.engine.family = RecordingFamily(tiny_family, gate=gate)  # the forward pass waits for the gate
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.post, "/v1/embeddings", json={"input": ["long", "job"]})
+            deadline = time.monotonic() + 10
+            while not runtime.requests and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert client.portal is not None
+            client.portal.call(runtime.expire_requests)  # what DrainingServer does shortly before SHUTDOWN_TIMEOUT
+            response = pending.result(timeout=10)
+    finally:
+        gate.set()
+        runtime.engine.family = tiny_family
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["connection"] == "close"
+    error = response.json()["error"]
+    assert error["code"] == "shutting_down" and "SHUTDOWN_TIMEOUT" in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert not runtime.requests
+
+
+def test_a_cancelled_request_outside_shutdown_is_not_answered_503(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    assert runtime.shutdown_expired is False
+    assert client.post("/v1/embeddings", json={"input": "fine"}).status_code == 200
+    assert not runtime.requests  # every finished request leaves the list

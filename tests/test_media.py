@@ -319,3 +319,15 @@ def test_resolve_names_the_failing_item(media_server: MediaServer) -> None:
         resolve(["a", {"type": "image", "data": good}, "c", {"type": "image", "data": data_uri(b"not an image")}])
     assert caught.value.param == "input[3]"
     assert caught.value.kind is ErrorKind.MEDIA_DECODE
+
+
+def test_request_pixel_budget_counts_decoded_images() -> None:
+    from embedding_api.media import PixelBudget
+
+    budget = PixelBudget(100 * 100 * 2)
+    decode_image(image_bytes(Image.new("RGB", (100, 100))), "input[0]", LIMITS, budget)
+    decode_image(image_bytes(Image.new("RGB", (100, 100))), "input[1]", LIMITS, budget)
+    assert budget.left == 0
+    with pytest.raises(ApiError) as caught:
+        decode_image(image_bytes(Image.new("RGB", (1, 1))), "input[2]", LIMITS, budget)
+    assert caught.value.param == "input[2]" and "MAX_REQUEST_PIXELS" in caught.value.message

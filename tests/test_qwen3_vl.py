@@ -360,3 +360,62 @@ def test_counted_tokens_equal_the_processor_tokens(tiny_family: EmbeddingFamily,
     prepared = [tiny_family.prepare(item) for item in items]
     batch = tiny_family.collate(prepared)
     assert [item.tokens for item in prepared] == batch.token_counts
+
+
+def test_padding_free_batch_of_very_different_lengths_and_media_equals_one_by_one(
+    tiny_family: EmbeddingFamily,
+) -> None:
+    """One packed row holding a 2-word text, a 600-word text, images and videos equals each item run alone, and
+    the padded layout gives the same vectors."""
+    family: Any = tiny_family
+    assert family.packs_sequences  # the CPU runs padding-free batches
+    items = [
+        Item(texts=["two words"]),
+        Item(texts=["a much longer text that keeps going " * 100]),
+        Item(images=[make_image(90, 40, seed=60)], texts=["with an image"]),
+        Item(videos=[VideoClip(frames=[make_image(48, 48, seed=61 + i) for i in range(3)])]),
+        Item(texts=["mid length text " * 20], images=[make_image(40, 40, seed=64), make_image(64, 32, seed=65)]),
+    ]
+    prepared = [family.prepare(item) for item in items]
+    together = family.run(family.collate(prepared))
+    alone = np.concatenate([family.run(family.collate([item])) for item in prepared])
+    np.testing.assert_allclose(together, alone, atol=ATOL)
+    family.packs_sequences = False
+    try:
+        padded = family.run(family.collate(prepared))
+    finally:
+        family.packs_sequences = True
+    np.testing.assert_allclose(padded, alone, atol=ATOL)
+
+
+def test_counting_in_other_threads_never_breaks_a_collation(tiny_family: EmbeddingFamily) -> None:
+    """Per-item preparation (worker threads) runs while batches are collated: the tokenizers must not share state."""
+    import threading
+
+    family: Any = tiny_family
+    batch_items = [family.prepare(Item(texts=[f"text number {n} " * (n * 7 + 1)])) for n in range(4)]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def keep_preparing() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                family.prepare(Item(texts=[f"other {n} " * (n % 40 + 1)], instruction=f"Find {n % 5}"))
+            except BaseException as error:
+                failures.append(error)
+                return
+            n += 1
+
+    workers = [threading.Thread(target=keep_preparing) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in range(30):
+            batch = family.collate(batch_items)
+            assert batch.token_counts == [item.tokens for item in batch_items]
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=10)
+    assert failures == []

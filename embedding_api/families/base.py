@@ -42,6 +42,7 @@ class EmbeddingFamily(Protocol):
     dimension: int
     device: str
     dtype: str
+    packs_sequences: bool  # a batch costs its real tokens (padding-free), not its longest item x its size
 
     def prepare(self, item: Item) -> PreparedItem:
         """CPU, per item: validate, resize, render the prompt, count tokens. Raises ApiError for bad input."""

@@ -7,8 +7,10 @@ last real token, L2-normalised, optionally truncated (MRL) and normalised again.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 from PIL import Image
 
 from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.families import packing
 from embedding_api.families import qwen_vision as vision
 from embedding_api.families.base import Batch, PreparedItem, finish_vectors
 from embedding_api.items import Item, VideoClip
@@ -82,8 +85,11 @@ class Qwen3VLFamily:
     ) -> None:
         self.model = model
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.tokenizer.padding_side = "right"
+        processor.tokenizer.padding_side = "right"
+        # Per-item counting gets a tokenizer of its own: the processor's one switches its padding state on every
+        # call, and sharing it across threads let a collation see a concurrent count's "no padding" state.
+        self.tokenizer = copy.deepcopy(processor.tokenizer)
+        self._processor_lock = threading.Lock()  # collations may overlap (device thread and collate thread)
         self.torch_device = device
         self.device = str(device)
         self.model_dtype: torch.dtype = next(model.parameters()).dtype
@@ -99,6 +105,8 @@ class Qwen3VLFamily:
         self.video_factor = int(video_processor.patch_size) * int(video_processor.merge_size)
         self.temporal_patch = int(video_processor.temporal_patch_size)
         self.pin_memory = device.type == "cuda"
+        # Padding-free batches when the model runs with the packed attention (the CPU); padded rows otherwise.
+        self.packs_sequences = getattr(model.config, "_attn_implementation", None) == packing.ATTENTION
         self._end_of_turn = "<|im_end|>"
         self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
 
@@ -158,11 +166,27 @@ class Qwen3VLFamily:
             metadata = {"fps": vision.LIST_SAMPLE_FPS, "frames_indices": list(range(count)), "total_num_frames": count}
             return stack, metadata
         # A video file: the frames media sampled (decoded one at a time here), its real fps and source indices.
+        self._refuse_oversized_file(clip)
         stack = vision.resize_frames(clip.frames, len(clip.frames), self.video_factor, None, item.check_wanted)
         indices = list(clip.frame_indices or range(len(clip.frames)))
         indices += [indices[-1]] * (int(stack.shape[0]) - len(indices))
         metadata = {"fps": clip.fps, "frames_indices": indices, "total_num_frames": len(indices)}
         return stack, metadata
+
+    def _refuse_oversized_file(self, clip: VideoClip) -> None:
+        """A file whose frames alone exceed MAX_LENGTH is refused from its probed size, before any decoding."""
+        height, width = getattr(clip.frames, "height", 0), getattr(clip.frames, "width", 0)
+        if not (height and width):
+            return
+        count = vision.even_count(len(clip.frames))
+        size = vision.video_size(height, width, len(clip.frames), self.video_factor, None)
+        tokens = count // self.temporal_patch * self._visual_tokens(size[0], size[1], self.video_factor)
+        if tokens > self.max_length:
+            raise ApiError(
+                ErrorKind.ITEM_TOO_LARGE,
+                f"video needs {tokens} tokens ({count} frames of {size[1]}x{size[0]}), above "
+                f"MAX_LENGTH={self.max_length}; send a shorter or smaller video",
+            )
 
     def _render(self, instruction: str, texts: list[str], image_count: int, video_count: int) -> str:
         content: list[dict[str, str]] = [{"type": "video"} for _ in range(video_count)]
@@ -278,12 +302,36 @@ class Qwen3VLFamily:
             kwargs["video_metadata"] = [meta for prompt in prompts for meta in prompt.video_metadata]
             kwargs["do_sample_frames"] = False
             kwargs["cap_pixels_per_frame"] = True  # frames are already sized by the recipe; this only quiets a notice
-        encoded = self.processor(**kwargs)
+        with self._processor_lock:
+            encoded = self.processor(**kwargs)
         tensors = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        counts = [int(n) for n in tensors["attention_mask"].sum(dim=1).tolist()]
+        if self.packs_sequences:
+            tensors = self._packed(tensors, counts)
         if self.pin_memory:
             tensors = {key: value.pin_memory() for key, value in tensors.items()}
-        counts = [int(n) for n in tensors["attention_mask"].sum(dim=1).tolist()]
         return Batch(tensors=tensors, token_counts=counts)
+
+    def _packed(self, tensors: dict[str, torch.Tensor], counts: list[int]) -> dict[str, torch.Tensor]:
+        """The padded batch as one row of real tokens, with each sequence's own (multimodal) positions."""
+        mask = tensors.pop("attention_mask").bool()
+        input_ids = tensors.pop("input_ids")
+        token_types = tensors.pop("mm_token_type_ids", None)
+        if "image_grid_thw" in tensors or "video_grid_thw" in tensors:
+            positions, _ = self.model.get_rope_index(
+                input_ids,
+                token_types,
+                tensors.get("image_grid_thw"),
+                tensors.get("video_grid_thw"),
+                attention_mask=mask.long(),
+            )
+            positions = positions[:, mask]
+        else:
+            positions = torch.cat([torch.arange(count) for count in counts]).expand(3, -1)
+        tensors["input_ids"] = input_ids[mask][None]
+        tensors["position_ids"] = positions[:, None, :].contiguous()
+        tensors["sequence_ends"] = torch.tensor(counts).cumsum(0)
+        return tensors
 
     # ---- run (device) ------------------------------------------------------------------------------------
 
@@ -296,11 +344,18 @@ class Qwen3VLFamily:
                 if value.is_floating_point():
                     value = value.to(self.model_dtype)
                 inputs[key] = value
-            hidden = self.model(**inputs).last_hidden_state
-            mask = inputs["attention_mask"]
-            positions = torch.arange(mask.shape[1], device=device)
-            last = (mask.to(torch.long) * positions).argmax(dim=1)
-            pooled = hidden[torch.arange(hidden.shape[0], device=device), last].float()
+            ends = inputs.pop("sequence_ends", None)
+            if ends is not None:  # one packed row: the last token of each sequence
+                bounds = packing.sequence_bounds(batch.token_counts)
+                with packing.packed_sequences(bounds):
+                    hidden = self.model(**inputs, use_cache=False).last_hidden_state[0]
+                pooled = hidden[ends - 1].float()
+            else:  # padded rows (right padding): the last real token of each row
+                hidden = self.model(**inputs, use_cache=False).last_hidden_state
+                mask = inputs["attention_mask"]
+                positions = torch.arange(mask.shape[1], device=device)
+                last = (mask.to(torch.long) * positions).argmax(dim=1)
+                pooled = hidden[torch.arange(hidden.shape[0], device=device), last].float()
             host: np.ndarray = pooled.cpu().numpy()  # the batch's one device-to-host copy
             return host
 

@@ -71,6 +71,11 @@ def frame_pixel_bounds(frame_count: int, factor: int, total_pixels: float | None
     return min_pixels, int(max_pixels)
 
 
+def video_size(height: int, width: int, count: int, factor: int, total_pixels: float | None) -> tuple[int, int]:
+    """Frame size of a video of `count` frames (padded to even) whose first frame is height x width."""
+    return smart_resize(height, width, factor, *frame_pixel_bounds(even_count(count), factor, total_pixels))
+
+
 def even_count(count: int) -> int:
     return int(-(-count // FRAME_FACTOR) * FRAME_FACTOR)
 
@@ -98,7 +103,6 @@ def resize_frames(
     size than the first are resized to the same size (the official embedder fails on them).
     """
     padded = even_count(count)
-    min_pixels, max_pixels = frame_pixel_bounds(padded, factor, total_pixels)
     out: torch.Tensor | None = None
     size: list[int] = []
     written = 0
@@ -106,7 +110,7 @@ def resize_frames(
         check()  # between frames: a cancelled request stops here
         tensor = torch.from_numpy(np.array(frame.convert("RGB"))).permute(2, 0, 1)
         if out is None:
-            size = list(smart_resize(tensor.shape[1], tensor.shape[2], factor, min_pixels, max_pixels))
+            size = list(video_size(tensor.shape[1], tensor.shape[2], count, factor, total_pixels))
             out = torch.empty((padded, 3, size[0], size[1]), dtype=torch.uint8)
         out[index] = tvf.resize(tensor, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
         written = index + 1

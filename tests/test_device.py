@@ -1,0 +1,45 @@
+"""`resolve_device`: DEVICE checked against this machine, in one sentence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embedding_api.device import resolve_device
+
+
+def test_cpu_and_auto_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_cuda_without_cuda_is_one_sentence_about_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(RuntimeError) as caught:
+        resolve_device("cuda")
+    assert str(caught.value) == "DEVICE=cuda was asked for but CUDA is not available; set DEVICE=cpu or auto."
+
+
+def test_the_message_shows_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(RuntimeError) as caught:
+        resolve_device("cuda:0")
+    assert str(caught.value) == (
+        "DEVICE=cuda:0 was asked for but CUDA is not available (CUDA_VISIBLE_DEVICES=1); set DEVICE=cpu or auto."
+    )
+
+
+def test_a_gpu_index_past_the_visible_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(RuntimeError) as caught:
+        resolve_device("cuda:2")
+    assert str(caught.value) == (
+        "DEVICE=cuda:2 was asked for but this machine shows 2 CUDA device(s), numbered from cuda:0; "
+        "set DEVICE=cuda, auto or a lower cuda:N."
+    )
