@@ -27,6 +27,7 @@ PROCESS_VARIABLES = frozenset(
         "TORCH_HOME",
         "OMP_NUM_THREADS",
         "OMP_WAIT_POLICY",
+        "GOMP_SPINCOUNT",
         "MKL_NUM_THREADS",
         "OPENBLAS_NUM_THREADS",
         "TOKENIZERS_PARALLELISM",
@@ -71,8 +72,8 @@ def read_dotenv(path: Path | None = None) -> dict[str, str]:
 
 
 def _set_by_the_user(name: str) -> bool:
-    """In the real environment; OMP_WAIT_POLICY only if the package's own default did not put it there."""
-    if name == "OMP_WAIT_POLICY" and embedding_api.OMP_WAIT_POLICY_DEFAULTED:
+    """In the real environment; GOMP_SPINCOUNT only if the package's own default did not put it there."""
+    if name == "GOMP_SPINCOUNT" and embedding_api.SPINCOUNT_DEFAULTED:
         return False
     return name in os.environ
 
@@ -88,8 +89,8 @@ def apply_process_variables(path: Path | None = None) -> dict[str, str]:
         if name in PROCESS_VARIABLES and not _set_by_the_user(name):
             os.environ[name] = value
             applied[name] = value
-    if "OMP_WAIT_POLICY" in applied:
-        embedding_api.OMP_WAIT_POLICY_DEFAULTED = False
+    if "GOMP_SPINCOUNT" in applied:
+        embedding_api.SPINCOUNT_DEFAULTED = False
     return applied
 
 

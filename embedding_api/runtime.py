@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 FamilyLoader = Callable[[Settings], EmbeddingFamily]
 UNHEALTHY_AFTER_FAILURES = 3
 CPU_BATCH_PIXELS = 8 * 512 * 512
+CPU_BATCH_TOKENS = 2048  # real tokens: the CPU runs padding-free batches
+GPU_BATCH_TOKENS = 16384
 GPU_BATCH_PIXELS = 64 * 512 * 512
 CANARY_TIMEOUT_S = 10.0
 
@@ -108,9 +110,14 @@ class Runtime:
                 f"of MODEL_PATH={settings.model_path}; set at most {family.dimension} or leave it empty."
             )
             return
-        # On a CPU more than ~8 large images per pass only adds latency; a GPU wants much bigger passes.
-        auto_pixels = GPU_BATCH_PIXELS if family.device.startswith("cuda") else CPU_BATCH_PIXELS
-        budget = Budget(settings.max_batch_tokens, settings.max_batch_pixels or auto_pixels, settings.max_batch_size)
+        # On a CPU more than ~8 large images, or ~2,048 real tokens, per pass only adds latency (bench/vs_vllm.py,
+        # docs/benchmarks.md); a GPU wants much bigger passes.
+        on_gpu = family.device.startswith("cuda")
+        auto_tokens = GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS
+        auto_pixels = GPU_BATCH_PIXELS if on_gpu else CPU_BATCH_PIXELS
+        budget = Budget(
+            settings.max_batch_tokens or auto_tokens, settings.max_batch_pixels or auto_pixels, settings.max_batch_size
+        )
         engine = Engine(family, budget, max_queued_items=settings.max_queued_items, observer=self.engine_observer)
         engine.start()
         assert self.client is not None

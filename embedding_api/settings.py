@@ -124,7 +124,11 @@ class Settings(BaseSettings):
     )
 
     # Batching
-    max_batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass.")
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="Token budget of one forward pass; empty = auto (2,048 real tokens on CPU, 16,384 on CUDA).",
+    )
     max_batch_pixels: int | None = Field(
         None,
         ge=4096,
@@ -136,6 +140,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "embedding_dimension",
+        "max_batch_tokens",
         "max_batch_pixels",
         "max_connections",
         "max_image_size",

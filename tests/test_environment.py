@@ -67,18 +67,18 @@ def test_the_real_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.usefixtures("clean_process_variables")
 def test_dotenv_wins_over_the_packages_own_omp_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedding_api, "OMP_WAIT_POLICY_DEFAULTED", True)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # as the package's import left it
-    environment.apply_process_variables(write_env(tmp_path, "OMP_WAIT_POLICY=ACTIVE\n"))
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.setattr(embedding_api, "SPINCOUNT_DEFAULTED", True)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")  # as the package's import left it
+    environment.apply_process_variables(write_env(tmp_path, "GOMP_SPINCOUNT=500\n"))
+    assert os.environ["GOMP_SPINCOUNT"] == "500"
 
 
 @pytest.mark.usefixtures("clean_process_variables")
 def test_a_user_set_omp_policy_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedding_api, "OMP_WAIT_POLICY_DEFAULTED", False)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    environment.apply_process_variables(write_env(tmp_path, "OMP_WAIT_POLICY=ACTIVE\n"))
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setattr(embedding_api, "SPINCOUNT_DEFAULTED", False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    environment.apply_process_variables(write_env(tmp_path, "GOMP_SPINCOUNT=500\n"))
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"
 
 
 def test_no_dotenv_sets_nothing(tmp_path: Path) -> None:
