@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.families import packing
+from embedding_api.families import packing, pooled_rows
 from embedding_api.families import qwen_vision as vision
 from embedding_api.families.base import Batch, PreparedItem, finish_vectors
 from embedding_api.items import Item, VideoClip
@@ -107,6 +107,7 @@ class Qwen3VLFamily:
         self.pin_memory = device.type == "cuda"
         # Padding-free batches when the model runs with the packed attention (the CPU); padded rows otherwise.
         self.packs_sequences = getattr(model.config, "_attn_implementation", None) == packing.ATTENTION
+        pooled_rows.wrap_last_mlp(model.language_model.layers)
         self._end_of_turn = "<|im_end|>"
         self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
 
@@ -346,16 +347,21 @@ class Qwen3VLFamily:
                 inputs[key] = value
             ends = inputs.pop("sequence_ends", None)
             if ends is not None:  # one packed row: the last token of each sequence
-                bounds = packing.sequence_bounds(batch.token_counts)
-                with packing.packed_sequences(bounds):
+                rows = ends - 1
+                with (
+                    packing.packed_sequences(packing.sequence_bounds(batch.token_counts)),
+                    pooled_rows.pooled_rows(rows),
+                ):
                     hidden = self.model(**inputs, use_cache=False).last_hidden_state[0]
-                pooled = hidden[ends - 1].float()
+                pooled = hidden[rows].float()
             else:  # padded rows (right padding): the last real token of each row
-                hidden = self.model(**inputs, use_cache=False).last_hidden_state
                 mask = inputs["attention_mask"]
                 positions = torch.arange(mask.shape[1], device=device)
                 last = (mask.to(torch.long) * positions).argmax(dim=1)
-                pooled = hidden[torch.arange(hidden.shape[0], device=device), last].float()
+                rows = torch.arange(mask.shape[0], device=device) * mask.shape[1] + last
+                with pooled_rows.pooled_rows(rows):
+                    hidden = self.model(**inputs, use_cache=False).last_hidden_state
+                pooled = hidden.reshape(-1, hidden.shape[-1])[rows].float()
             host: np.ndarray = pooled.cpu().numpy()  # the batch's one device-to-host copy
             return host
 
