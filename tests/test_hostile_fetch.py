@@ -16,12 +16,8 @@ Bounds stated and checked here:
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import selectors
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,12 +29,11 @@ import httpx
 import pytest
 
 from embedding_api.settings import Settings
-from tests.conftest import API_KEY, MediaServer, free_port, image_bytes, make_image
+from tests.conftest import MediaServer, image_bytes, make_image
+from tests.hostile_support import HEADERS, HealthProbe, ServerProcess, new_client, timed_post, wait_for_rss
 
 pytestmark = [pytest.mark.hostile, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
-HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 FETCH_TIMEOUT_S = 3.0  # the server's IMAGE_FETCH_TIMEOUT here
 SLOW_DELAY_S = 2.0  # the slow server answers after this long: slow, but inside the fetch timeout
 REFUSAL_BOUND_S = 2.0
@@ -50,56 +45,6 @@ PNG = image_bytes(make_image(32, 32, seed=9))
 
 
 # ---- the server process and the media servers ---------------------------------------------------------------
-
-
-class ServerProcess:
-    """`python -m embedding_api` from `root` on a free port; settings as environment variables."""
-
-    def __init__(self, model_dir: Path, workdir: Path, root: Path = ROOT, **settings: Any) -> None:
-        self.port = free_port()
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(root),
-            MODEL_PATH=str(model_dir),
-            HOST="127.0.0.1",
-            PORT=str(self.port),
-            API_KEY=API_KEY,
-            LOG_LEVEL="warning",
-            DEVICE="cpu",
-            ALLOW_PRIVATE_MEDIA_URLS="true",
-        )
-        env.update({name.upper(): str(value) for name, value in settings.items()})
-        # Run from an empty folder, so no `.env` of the checkout applies.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "embedding_api"], env=env, cwd=workdir, stdout=subprocess.DEVNULL
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.close()
-        raise AssertionError("the server did not become ready")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 class SilentListener:
@@ -193,84 +138,8 @@ class SlowServer:
 # ---- probes and clients --------------------------------------------------------------------------------------
 
 
-PROBE_SCRIPT = """
-import json, sys, threading, time
-import httpx
-url, key = sys.argv[1], sys.argv[2]
-done = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-latencies, failures = [], 0
-with httpx.Client(timeout=5, headers={"Authorization": f"Bearer {key}"}) as client:
-    while not done.is_set():
-        started = time.perf_counter()
-        try:
-            ok = client.get(url).status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        elapsed = time.perf_counter() - started
-        if not ok:
-            failures += 1
-            elapsed = max(elapsed, 5.0)
-        if not latencies:
-            print("ready", flush=True)
-        latencies.append(elapsed)
-        done.wait(0.05)
-print(json.dumps({"latencies": latencies, "failures": failures}), flush=True)
-"""
-
-
-class HealthProbe:
-    """GET /health every 50 ms from a process of its own (so the test's own work cannot delay it) while in use; a
-    failure counts as a latency of its 5 s timeout."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.latencies: list[float] = []
-        self.failures = 0
-        self.process: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> HealthProbe:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", PROBE_SCRIPT, f"{self.url}/health", API_KEY],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        assert self.process.stdout.readline().strip() == "ready"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        out, _ = self.process.communicate(input="", timeout=30)
-        result = json.loads(out.strip().splitlines()[-1])
-        self.latencies, self.failures = result["latencies"], result["failures"]
-
-    @property
-    def p99(self) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("inf")
-
-    def summary(self) -> str:
-        median = sorted(self.latencies)[len(self.latencies) // 2] if self.latencies else float("inf")
-        return (
-            f"/health: {len(self.latencies)} probes, {self.failures} failed, median {median:.3f} s, "
-            f"p99 {self.p99:.3f} s, max {max(self.latencies, default=float('inf')):.3f} s"
-        )
-
-
 def image_url_part(url: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
-
-
-async def timed_post(client: httpx.AsyncClient, body: dict[str, Any], timeout: float) -> tuple[int, float, str]:
-    """(status, seconds, body text); status 0 when the client gave up after `timeout`."""
-    started = time.perf_counter()
-    try:
-        response = await client.post("/v1/embeddings", json=body, timeout=timeout)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        return 0, time.perf_counter() - started, type(exc).__name__
-    return response.status_code, time.perf_counter() - started, response.text[:300]
 
 
 async def normal_traffic(client: httpx.AsyncClient, image_url: str, stop: asyncio.Event) -> list[tuple[int, float]]:
@@ -282,11 +151,6 @@ async def normal_traffic(client: httpx.AsyncClient, image_url: str, stop: asynci
         results.append((status, seconds))
         await asyncio.sleep(0.1)
     return results
-
-
-def new_client(url: str) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    return httpx.AsyncClient(base_url=url, headers=HEADERS, limits=limits)
 
 
 # ---- the attacks, usable against any checkout (see `measure` at the bottom) ---------------------------------
@@ -351,16 +215,6 @@ async def attack_slow_urls(
             task.cancel()
         await asyncio.gather(*attackers, return_exceptions=True)
     return normal
-
-
-def wait_for_rss(server: ServerProcess, ceiling_mb: float, seconds: float = 15.0) -> float:
-    """The server's RSS once it is at or under `ceiling_mb`, or the last reading after `seconds`."""
-    deadline = time.monotonic() + seconds
-    rss = server.rss_mb()
-    while rss > ceiling_mb and time.monotonic() < deadline:
-        time.sleep(0.5)
-        rss = server.rss_mb()
-    return rss
 
 
 # ---- the tests -----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.test_hostile_fetch import (
+from tests.hostile_support import (
     HEADERS,
     HealthProbe,
     ServerProcess,

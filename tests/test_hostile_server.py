@@ -41,6 +41,7 @@ import httpx
 import pytest
 
 from tests.conftest import API_KEY, free_port
+from tests.hostile_support import HealthProbe, wait_for_rss
 
 pytestmark = [pytest.mark.hostile, pytest.mark.slow]
 
@@ -150,15 +151,6 @@ class ServerProcess:
             self.process.wait()
 
 
-def wait_for_rss(server: ServerProcess, ceiling_mb: float, seconds: float = 10.0) -> float:
-    deadline = time.monotonic() + seconds
-    rss = server.rss_mb()
-    while rss > ceiling_mb and time.monotonic() < deadline:
-        time.sleep(0.25)
-        rss = server.rss_mb()
-    return rss
-
-
 class RssSampler:
     """The server's peak RSS while in use, sampled every 50 ms."""
 
@@ -185,74 +177,6 @@ class RssSampler:
 
 
 # ---- probes and normal traffic -------------------------------------------------------------------------------
-
-
-PROBE_SCRIPT = """
-import json, sys, threading, time
-import httpx
-url, key = sys.argv[1], sys.argv[2]
-done = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-latencies, failures, statuses = [], 0, {}
-limits = httpx.Limits(max_keepalive_connections=0)  # a new connection per probe
-with httpx.Client(timeout=5, limits=limits, headers={"Authorization": f"Bearer {key}"}) as client:
-    while not done.is_set():
-        started = time.perf_counter()
-        try:
-            status = client.get(url).status_code
-        except httpx.HTTPError as exc:
-            status = type(exc).__name__
-        elapsed = time.perf_counter() - started
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
-        if status != 200:
-            failures += 1
-            elapsed = max(elapsed, 5.0)
-        if not latencies:
-            print("ready", flush=True)
-        latencies.append(elapsed)
-        done.wait(0.05)
-print(json.dumps({"latencies": latencies, "failures": failures, "statuses": statuses}), flush=True)
-"""
-
-
-class HealthProbe:
-    """GET /health every 50 ms from a process of its own while in use; a failure counts as its 5 s timeout."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.latencies: list[float] = []
-        self.failures = 0
-        self.statuses: dict[str, int] = {}
-        self.process: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> HealthProbe:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", PROBE_SCRIPT, f"{self.url}/health", API_KEY],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        assert self.process.stdout.readline().strip() == "ready"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        out, _ = self.process.communicate(input="", timeout=30)
-        result = json.loads(out.strip().splitlines()[-1])
-        self.latencies, self.failures, self.statuses = result["latencies"], result["failures"], result["statuses"]
-
-    @property
-    def p99(self) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("inf")
-
-    def summary(self) -> str:
-        median = sorted(self.latencies)[len(self.latencies) // 2] if self.latencies else float("inf")
-        return (
-            f"/health: {len(self.latencies)} probes, {self.failures} failed {self.statuses}, median {median:.3f} s, "
-            f"p99 {self.p99:.3f} s, max {max(self.latencies, default=float('inf')):.3f} s"
-        )
 
 
 class NormalTraffic:
@@ -358,9 +282,11 @@ def attack_endless_header(server: ServerProcess, seconds: float = 5.0) -> list[t
         sent, started = 0, time.perf_counter()
         try:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Endless: ")
-            while time.monotonic() < stop_at:
+            while True:  # at least one chunk (past the cap) even when the attack's own time is up
                 sock.sendall(chunk)
                 sent += len(chunk)
+                if time.monotonic() >= stop_at:
+                    break
         except OSError:
             pass
         answer, _ = read_answer(sock, 2.0)
