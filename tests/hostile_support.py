@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,10 +20,21 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 
-class ServerProcess:
-    """`python -m embedding_api` from `root` on a free port; settings as environment variables."""
+LAUNCHER = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
+sys.argv = ["embedding_api"]
+runpy.run_module("embedding_api", run_name="__main__", alter_sys=True)
+"""
 
-    def __init__(self, model_dir: Path, workdir: Path, root: Path = ROOT, **settings: Any) -> None:
+
+class ServerProcess:
+    """`python -m embedding_api` from `root` on a free port; settings as environment variables; `nofile` sets the
+    (soft, hard) open-file limits it starts with."""
+
+    def __init__(
+        self, model_dir: Path, workdir: Path, root: Path = ROOT, nofile: tuple[int, int] | None = None, **settings: Any
+    ) -> None:
         self.port = free_port()
         env = dict(
             os.environ,
@@ -36,17 +48,20 @@ class ServerProcess:
             ALLOW_PRIVATE_MEDIA_URLS="true",
         )
         env.update({name.upper(): str(value) for name, value in settings.items()})
-        # Run from an empty folder, so no `.env` of the checkout applies.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "embedding_api"], env=env, cwd=workdir, stdout=subprocess.DEVNULL
-        )
+
+        command = [sys.executable, "-m", "embedding_api"]
+        if nofile is not None:  # the limits set in the process itself, then `python -m embedding_api` as usual
+            command = [sys.executable, "-c", LAUNCHER, str(nofile[0]), str(nofile[1])]
+        self.log = workdir / f"server-{self.port}.log"
+        with self.log.open("wb") as log:  # run from an empty folder, so no `.env` of the checkout applies
+            self.process = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=log)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"the server exited with {self.process.returncode}")
+                raise AssertionError(f"the server exited with {self.process.returncode}: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/health", headers=HEADERS, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -60,13 +75,53 @@ class ServerProcess:
                 return int(line.split()[1]) / 1024
         raise AssertionError("no VmRSS")
 
+    def file_limits(self) -> tuple[int, int]:
+        for line in Path(f"/proc/{self.process.pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+        raise AssertionError("no open-file limit")
+
+    def warm_up(self) -> float:
+        """A few requests, then the RSS baseline."""
+        for _ in range(3):
+            response = httpx.post(f"{self.url}/v1/embeddings", json={"input": "warm up"}, headers=HEADERS, timeout=30)
+            assert response.status_code == 200, response.text
+        return self.rss_mb()
+
     def close(self) -> None:
-        self.process.terminate()
+        if self.process.poll() is None:
+            self.process.terminate()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class RssSampler:
+    """The server's peak RSS while in use, sampled every 50 ms."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.peak = server.rss_mb()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, self.server.rss_mb())
+            except (OSError, AssertionError):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 PROBE_SCRIPT = """

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,8 @@ import numpy as np
 import pytest
 
 from tests.hostile_support import (
-    HEADERS,
     HealthProbe,
+    RssSampler,
     ServerProcess,
     new_client,
     timed_post,
@@ -68,29 +66,6 @@ def video_part(data: bytes) -> dict[str, Any]:
     return {"type": "video", "data": "data:video/mp4;base64," + base64.b64encode(data).decode()}
 
 
-class RssWatch:
-    """Samples the server's RSS every 50 ms while in use; `peak` is the highest reading."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.peak = 0.0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, self.server.rss_mb())
-            time.sleep(0.05)
-
-    def __enter__(self) -> RssWatch:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-
 async def with_normal_traffic(attacks: list[dict[str, Any]], url: str, timeout: float) -> tuple[list[Any], list[Any]]:
     """Send the attack bodies at once while a client sends normal texts; (attack results, normal results)."""
     stop = asyncio.Event()
@@ -121,10 +96,8 @@ class Served:
 def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("hostile-media"), request_timeout=60)
     try:
-        warm = httpx.post(f"{server.url}/v1/embeddings", json={"input": "warm up"}, headers=HEADERS, timeout=30)
-        assert warm.status_code == 200
         state = Served(server)
-        state.baseline_mb = server.rss_mb()
+        state.baseline_mb = server.warm_up()
         yield state
     finally:
         server.close()
@@ -161,7 +134,7 @@ def test_huge_video_frames_are_decoded_one_at_a_time(served: Served) -> None:
     """Finding 3: small files with 3000x3000 frames."""
     too_long = {"input": [[video_part(mp4(64, 3000)), video_part(mp4(64, 3000))]]}
     fits = {"input": [video_part(mp4(8, 3000)), video_part(mp4(8, 3000))]}
-    with HealthProbe(served.server.url) as probe, RssWatch(served.server) as rss:
+    with HealthProbe(served.server.url) as probe, RssSampler(served.server) as rss:
         refused, normal_a = asyncio.run(with_normal_traffic([too_long], served.server.url, 30))
         answered, normal_b = asyncio.run(with_normal_traffic([fits], served.server.url, 60))
     print(

@@ -23,12 +23,10 @@ the fixes) and prints the figures.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -40,8 +38,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, free_port
-from tests.hostile_support import HealthProbe, wait_for_rss
+from tests.conftest import API_KEY
+from tests.hostile_support import HealthProbe, RssSampler, ServerProcess, wait_for_rss
 
 pytestmark = [pytest.mark.hostile, pytest.mark.slow]
 
@@ -70,110 +68,6 @@ SERVER_SETTINGS: dict[str, Any] = {
 
 
 # ---- the server process --------------------------------------------------------------------------------------
-
-
-LAUNCHER = """
-import resource, runpy, sys
-resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
-sys.argv = ["embedding_api"]
-runpy.run_module("embedding_api", run_name="__main__", alter_sys=True)
-"""
-
-
-class ServerProcess:
-    """`python -m embedding_api` from `root` on a free port; settings as environment variables; `nofile` sets the
-    (soft, hard) open-file limits it starts with."""
-
-    def __init__(
-        self, model_dir: Path, workdir: Path, root: Path = ROOT, nofile: tuple[int, int] | None = None, **settings: Any
-    ) -> None:
-        self.port = free_port()
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(root),
-            MODEL_PATH=str(model_dir),
-            HOST="127.0.0.1",
-            PORT=str(self.port),
-            API_KEY=API_KEY,
-            LOG_LEVEL="warning",
-            DEVICE="cpu",
-            ALLOW_PRIVATE_MEDIA_URLS="true",
-        )
-        env.update({name.upper(): str(value) for name, value in settings.items()})
-
-        command = [sys.executable, "-m", "embedding_api"]
-        if nofile is not None:  # the limits set in the process itself, then `python -m embedding_api` as usual
-            command = [sys.executable, "-c", LAUNCHER, str(nofile[0]), str(nofile[1])]
-        self.log = workdir / f"server-{self.port}.log"
-        with self.log.open("wb") as log:  # run from an empty folder, so no `.env` of the checkout applies
-            self.process = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=log)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited with {self.process.returncode}: {self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health", headers=HEADERS, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.close()
-        raise AssertionError("the server did not become ready")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
-    def file_limits(self) -> tuple[int, int]:
-        for line in Path(f"/proc/{self.process.pid}/limits").read_text().splitlines():
-            if line.startswith("Max open files"):
-                soft, hard = line.split()[3:5]
-                return int(soft), int(hard)
-        raise AssertionError("no open-file limit")
-
-    def warm_up(self) -> float:
-        """A few requests, then the RSS baseline."""
-        for _ in range(3):
-            response = httpx.post(f"{self.url}/v1/embeddings", json={"input": "warm up"}, headers=HEADERS, timeout=30)
-            assert response.status_code == 200, response.text
-        return self.rss_mb()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-class RssSampler:
-    """The server's peak RSS while in use, sampled every 50 ms."""
-
-    def __init__(self, server: ServerProcess) -> None:
-        self.server = server
-        self.peak = server.rss_mb()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.05):
-            try:
-                self.peak = max(self.peak, self.server.rss_mb())
-            except (OSError, AssertionError):
-                return
-
-    def __enter__(self) -> RssSampler:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 # ---- probes and normal traffic -------------------------------------------------------------------------------
