@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +82,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_health(url: str, gone: Callable[[], str | None], seconds: float, interval: float) -> bool:
+    """Poll `url`/health until it answers 200 (True) or `seconds` pass (False); `gone()` says why the server has
+    exited, raised at once, or None while it runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        reason = gone()
+        if reason is not None:
+            raise RuntimeError(reason)
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    return False
+
+
 class ServerProcess:
     """A server in its own process (so the load generator does not share its interpreter)."""
 
@@ -105,19 +123,14 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServerProcess:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
-                )
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not become ready")
+        def gone() -> str | None:
+            if self.process.poll() is None:
+                return None
+            return f"server exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
+
+        if not wait_for_health(self.url, gone, seconds=600, interval=0.2):
+            raise RuntimeError("server did not become ready")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
