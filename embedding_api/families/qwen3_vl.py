@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.families import packing, pooled_rows
+from embedding_api.families import cpu_linear, packing, pooled_rows
 from embedding_api.families import qwen_vision as vision
 from embedding_api.families.base import Batch, PreparedItem, finish_vectors
 from embedding_api.items import Item, VideoClip
@@ -108,6 +108,7 @@ class Qwen3VLFamily:
         # Padding-free batches when the model runs with the packed attention (the CPU); padded rows otherwise.
         self.packs_sequences = getattr(model.config, "_attn_implementation", None) == packing.ATTENTION
         pooled_rows.wrap_last_mlp(model.language_model.layers)
+        cpu_linear.pack_linears(model)
         self._end_of_turn = "<|im_end|>"
         self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
 
