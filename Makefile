@@ -32,7 +32,7 @@ download: install ## download MODEL_PATH's hub id into models/<name> and print t
 	$(PY) -m embedding_api download
 
 demo-model: install ## build the tiny random checkpoint in models/tiny-random
-	grep -qs '"embedding_api_random_weights": true' $(TINY_MODEL)/config.json || $(PY) -m embedding_api.tiny_checkpoint $(TINY_MODEL)
+	grep -qs '"embedding_api_random_weights": true' $(TINY_MODEL)/config.json || $(PY) -m devtools.tiny_checkpoint $(TINY_MODEL)
 
 demo: demo-model ## serve the tiny random checkpoint (meaningless vectors: shows the API only)
 	MODEL_PATH=$(TINY_MODEL) $(PY) -m embedding_api
@@ -41,8 +41,8 @@ test: install-dev ## run the test suite (what CI runs)
 	$(PY) -m pytest; status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
 lint: install-dev ## ruff and mypy
-	$(VENV)/bin/ruff check embedding_api tests bench
-	$(VENV)/bin/ruff format --check embedding_api tests bench
+	$(VENV)/bin/ruff check embedding_api devtools tests bench
+	$(VENV)/bin/ruff format --check embedding_api devtools tests bench
 	$(VENV)/bin/mypy
 
 bench: install ## throughput: in-process ceiling, this server and the naive server (writes docs/benchmarks.md)

@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 from PIL import Image
 
-from embedding_api.tiny_checkpoint import SMALL_SPEC, TinySpec, build_tiny_checkpoint
+from devtools.tiny_checkpoint import SMALL_SPEC, TinySpec, build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / "results"

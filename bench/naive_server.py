@@ -13,13 +13,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from embedding_api.encoding import embeddings_response
-from embedding_api.fetch import FetchLimits, MediaFetcher
-from embedding_api.inputs import parse_input
-from embedding_api.loader import load_family
-from embedding_api.media import MediaLimits, MediaResolver
-from embedding_api.request_body import parse_body
-from embedding_api.schemas import EmbeddingRequest
+from embedding_api.families.loader import load_family
+from embedding_api.http.body import parse_body
+from embedding_api.http.encoding import embeddings_response
+from embedding_api.http.wire import EmbeddingRequest
+from embedding_api.media.fetch import FetchLimits, MediaFetcher
+from embedding_api.media.parse import parse_input
+from embedding_api.media.resolve import MediaLimits, MediaResolver
 from embedding_api.settings import Settings
 
 

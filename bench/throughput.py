@@ -26,10 +26,10 @@ from bench.common import (
     stamp,
     write_section,
 )
-from embedding_api.encoding import embeddings_response
+from embedding_api.families.loader import load_family
+from embedding_api.http.encoding import embeddings_response
 from embedding_api.items import Item
-from embedding_api.loader import load_family
-from embedding_api.media import MediaLimits, decode_image, decode_inline
+from embedding_api.media.resolve import MediaLimits, decode_image, decode_inline
 from embedding_api.settings import Settings
 
 SCENARIOS = ("text", "text32", "image", "mix")

@@ -55,7 +55,7 @@ from bench.common import (
     wait_for_health,
     write_section,
 )
-from embedding_api.tiny_checkpoint import _CORPUS, SMALL_SPEC, build_tiny_checkpoint
+from devtools.tiny_checkpoint import _CORPUS, SMALL_SPEC, build_tiny_checkpoint
 
 SECTION = "vs-vllm"
 CACHE_FILE = CACHE / "vllm-cpu.json"
@@ -178,7 +178,7 @@ class Renderer:
     """Our adapter's own rendering: the exact prompt string our server tokenises, and its token count."""
 
     def __init__(self, model_dir: Path) -> None:
-        from embedding_api.loader import load_family
+        from embedding_api.families.loader import load_family
         from embedding_api.settings import Settings
 
         self.family: Any = load_family(

@@ -24,8 +24,8 @@ def exit_on_fatal(message: str) -> None:
 
 def startup_problems(settings: Settings) -> list[str]:
     """What stops this machine from serving these settings (DEVICE, MODEL_PATH), every one at once, before listening."""
-    from embedding_api.device import resolve_device  # imports torch: after the process variables are in place
-    from embedding_api.loader import ModelUnavailable, local_model_folder, resolve_model_path
+    from embedding_api.families.device import resolve_device  # imports torch: after the process variables are in place
+    from embedding_api.families.loader import ModelUnavailable, local_model_folder, resolve_model_path
 
     problems = []
     try:
@@ -43,7 +43,7 @@ def startup_problems(settings: Settings) -> list[str]:
 
 
 def serve(argv: list[str] | None = None) -> int:
-    from embedding_api.logs import configure_logging
+    from embedding_api.observability.logs import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -54,8 +54,8 @@ def serve(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
         return 1
-    from embedding_api.app import create_app
-    from embedding_api.server import build_server
+    from embedding_api.http.app import create_app
+    from embedding_api.http.server import build_server
 
     app = create_app(settings, on_fatal=exit_on_fatal)
     runtime = app.state.runtime
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     environment.apply_process_variables()  # before torch and huggingface_hub are imported
     try:
         if args.command == "download":
-            from embedding_api.download import download
+            from embedding_api.families.download import download
 
             for warning in environment.unknown_key_warnings():
                 print(f"warning: {warning}", file=sys.stderr)

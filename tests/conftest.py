@@ -19,11 +19,11 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from embedding_api.app import create_app
+from devtools.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 from embedding_api.families.base import EmbeddingFamily
-from embedding_api.loader import load_family
+from embedding_api.families.loader import load_family
+from embedding_api.http.app import create_app
 from embedding_api.settings import Settings
-from embedding_api.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
 API_KEY = "test-key-123"
 

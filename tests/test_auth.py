@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from embedding_api.auth import KeyChecker, presented_key
+from embedding_api.http.auth import KeyChecker, presented_key
 from tests.conftest import API_KEY
 
 MODEL = "Qwen3-VL-Embedding-2B"

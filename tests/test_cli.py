@@ -17,9 +17,9 @@ import httpx
 import pytest
 import torch
 
-from embedding_api import download as download_module
 from embedding_api.cli import _env_default
 from embedding_api.environment import PROCESS_VARIABLES
+from embedding_api.families import download as download_module
 from embedding_api.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from embedding_api.device import resolve_device
+from embedding_api.families.device import resolve_device
 
 
 def test_cpu_and_auto_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ import base64
 import numpy as np
 import orjson
 
-from embedding_api.encoding import embeddings_response, to_base64
+from embedding_api.http.encoding import embeddings_response, to_base64
 
 
 def test_base64_is_little_endian_float32() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedding_api.engine import Budget, Engine
+from embedding_api.engine.batcher import Budget, Engine
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem
 from embedding_api.items import Item, VideoClip
@@ -114,7 +114,7 @@ def test_cut_sorts_by_length_around_the_oldest(tiny_family: EmbeddingFamily) -> 
     engine = Engine(tiny_family, Budget(max_tokens=10_000, max_items=3))
 
     def entry(tokens: int) -> Any:
-        from embedding_api.engine import _Entry
+        from embedding_api.engine.batcher import _Entry
 
         loop = asyncio.new_event_loop()
         return _Entry(PreparedItem(payload=None, tokens=tokens), loop.create_future())

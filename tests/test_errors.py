@@ -11,7 +11,7 @@ from httpx import Response
 
 from embedding_api.errors import ERROR_TABLE, ApiError, ErrorKind, error_body
 from embedding_api.families.base import EmbeddingFamily
-from embedding_api.request_body import param_of
+from embedding_api.http.body import param_of
 from tests.conftest import MediaServer, data_uri, image_bytes, make_image
 
 MODEL = "Qwen3-VL-Embedding-2B"

@@ -1,4 +1,4 @@
-"""`embedding_api.fetch`: fetching media URLs with limits, redirects by hand, and the SSRF guard end to end.
+"""`embedding_api.media.fetch`: fetching media URLs with limits, redirects by hand, and the SSRF guard end to end.
 
 No test here may send a packet anywhere but 127.0.0.0/8: the autouse `connections` fixture replaces the connection
 layer's connect with one that records every attempt and fails at once for any other address (or for a host name,
@@ -24,12 +24,12 @@ import pytest
 from fastapi.testclient import TestClient
 from httpcore._backends.auto import AutoBackend
 
-from embedding_api import url_guard
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.fetch import FetchLimits, FetchShare, FetchSlots, MediaFetcher, is_fetchable, media_client
-from embedding_api.inputs import parse_input
-from embedding_api.media import MediaLimits, MediaResolver
-from embedding_api.url_guard import IPAddress, Resolver, UrlGuard, UrlPolicy
+from embedding_api.media import url_guard
+from embedding_api.media.fetch import FetchLimits, FetchShare, FetchSlots, MediaFetcher, is_fetchable, media_client
+from embedding_api.media.parse import parse_input
+from embedding_api.media.resolve import MediaLimits, MediaResolver
+from embedding_api.media.url_guard import IPAddress, Resolver, UrlGuard, UrlPolicy
 from tests.conftest import LocalHttpServer, MediaServer, free_port, image_bytes, make_image
 
 PARAM = "input[2]"

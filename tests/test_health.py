@@ -17,10 +17,10 @@ import torch
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from embedding_api.app import create_app
 from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem
+from embedding_api.families.loader import ModelUnavailable, has_random_weights, resolve_model_path
+from embedding_api.http.app import create_app
 from embedding_api.items import Item
-from embedding_api.loader import ModelUnavailable, has_random_weights, resolve_model_path
 from embedding_api.settings import Settings
 from tests.conftest import API_KEY, make_settings
 
@@ -293,7 +293,7 @@ def test_uncached_hub_id_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> 
 # ---- random weights (the demo) ---------------------------------------------------------------------------------
 
 RANDOM_NOTE = (
-    "MODEL_PATH={path} holds RANDOM weights (a test checkpoint built by embedding_api.tiny_checkpoint): "
+    "MODEL_PATH={path} holds RANDOM weights (a test checkpoint built by devtools.tiny_checkpoint): "
     "its vectors are meaningless, though served as 'Qwen3-VL-Embedding-2B'"
 )
 

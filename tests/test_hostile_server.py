@@ -733,7 +733,7 @@ def measure(root: Path, model_dir: Path, workdir: Path) -> None:  # pragma: no c
 if __name__ == "__main__":  # pragma: no cover
     import tempfile
 
-    from embedding_api.tiny_checkpoint import TinySpec, build_tiny_checkpoint
+    from devtools.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 
     soft_now, hard_now = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard_now, hard_now))

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.inputs import TOKEN_IDS_MESSAGE, ItemSpec, MediaRef, VideoSpec, parse_input
+from embedding_api.media.parse import TOKEN_IDS_MESSAGE, ItemSpec, MediaRef, VideoSpec, parse_input
 
 URL = "http://127.0.0.1:9/cat.png"
 VIDEO_URL = "https://example.invalid/clip.mp4"

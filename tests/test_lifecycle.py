@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 from fastapi.testclient import TestClient
 
-from embedding_api.app import create_app
 from embedding_api.families.base import EmbeddingFamily
+from embedding_api.http.app import create_app
 from tests.conftest import API_KEY, free_port, make_settings, wait_ready
 from tests.test_engine import RecordingFamily
 

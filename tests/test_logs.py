@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from embedding_api.logs import (
+from embedding_api.observability.logs import (
     ACCESS_LOGGER,
     JsonFormatter,
     TextFormatter,

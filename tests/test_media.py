@@ -1,4 +1,4 @@
-"""`embedding_api.media`: inline decoding, image decoding to RGB, and resolving media references."""
+"""`embedding_api.media.resolve`: inline decoding, image decoding to RGB, and resolving media references."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.fetch import FetchLimits, MediaFetcher
-from embedding_api.inputs import parse_input
 from embedding_api.items import Item
-from embedding_api.media import MediaLimits, MediaResolver, decode_image, decode_inline
-from embedding_api.url_guard import UrlPolicy
+from embedding_api.media.fetch import FetchLimits, MediaFetcher
+from embedding_api.media.parse import parse_input
+from embedding_api.media.resolve import MediaLimits, MediaResolver, decode_image, decode_inline
+from embedding_api.media.url_guard import UrlPolicy
 from tests.conftest import MediaServer, b64, data_uri, image_bytes, make_image
 
 LIMITS = MediaLimits()
@@ -322,7 +322,7 @@ def test_resolve_names_the_failing_item(media_server: MediaServer) -> None:
 
 
 def test_request_pixel_budget_counts_decoded_images() -> None:
-    from embedding_api.media import PixelBudget
+    from embedding_api.media.resolve import PixelBudget
 
     budget = PixelBudget(100 * 100 * 2)
     decode_image(image_bytes(Image.new("RGB", (100, 100))), "input[0]", LIMITS, budget)

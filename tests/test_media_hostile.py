@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from embedding_api.app import create_app
 from embedding_api.errors import ApiError
 from embedding_api.families.base import EmbeddingFamily
-from embedding_api.media import MAX_DECODED_FRAMES, MediaLimits, decode_video
-from embedding_api.sampling import video_file_indices
+from embedding_api.families.frames import video_file_indices
+from embedding_api.http.app import create_app
+from embedding_api.media.resolve import MAX_DECODED_FRAMES, MediaLimits, decode_video
 from tests.conftest import API_KEY, MediaServer, b64, data_uri, image_bytes, make_image, make_settings, wait_ready
 
 MAX_IMAGE_BYTES = 100_000
@@ -348,7 +348,7 @@ def test_frames_are_decoded_only_when_iterated_and_only_the_wanted_ones(monkeypa
 
 
 def test_frame_cap_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
-    import embedding_api.media as media
+    import embedding_api.media.resolve as media
 
     monkeypatch.setattr(media, "MAX_DECODED_FRAMES", 10)
     with pytest.raises(ApiError) as caught:
@@ -365,7 +365,7 @@ def test_unstated_length_is_counted_from_packets() -> None:
 
 
 def test_overstated_length_fails_the_item_when_the_stream_ends_early(monkeypatch: pytest.MonkeyPatch) -> None:
-    import embedding_api.media as media
+    import embedding_api.media.resolve as media
 
     monkeypatch.setattr(media, "_frame_count", lambda *args: 500)
     clip = decode_video(make_video(frames=20, rate=4), "input[0]", MediaLimits())
@@ -375,7 +375,7 @@ def test_overstated_length_fails_the_item_when_the_stream_ends_early(monkeypatch
 
 
 def test_stated_length_above_the_frame_cap_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    import embedding_api.media as media
+    import embedding_api.media.resolve as media
 
     monkeypatch.setattr(media, "_frame_count", lambda *args: MAX_DECODED_FRAMES + 1)
     with pytest.raises(ApiError) as caught:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from embedding_api.app import create_app
+from devtools.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 from embedding_api.families.base import EmbeddingFamily
+from embedding_api.families.loader import load_family
+from embedding_api.http.app import create_app
 from embedding_api.items import Item, VideoClip
-from embedding_api.loader import load_family
-from embedding_api.tiny_checkpoint import TinySpec, build_tiny_checkpoint
 from tests.conftest import API_KEY, MediaServer, b64, data_uri, image_bytes, make_image, make_settings, wait_ready
 from tests.reference_recipe import RefItem, reference_embed
 
@@ -345,7 +345,7 @@ def test_fused_text_is_shortened_in_linear_work(tiny_model_dir: Path) -> None:
 
 def test_counted_tokens_equal_the_processor_tokens(tiny_family: EmbeddingFamily, tmp_path: Path) -> None:
     """The budget's count (system block counted once per instruction) is what the processor really produces."""
-    from embedding_api.media import MediaLimits, decode_video
+    from embedding_api.media.resolve import MediaLimits, decode_video
 
     frames = [make_image(48, 48, seed=50 + i) for i in range(3)]
     clip = decode_video(make_mp4(tmp_path / "c.mp4", seconds=7, fps=10, size=(64, 64)), "input[0]", MediaLimits())

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from embedding_api import request_body
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.request_body import count_json_values, parse_body
-from embedding_api.schemas import EmbeddingRequest
+from embedding_api.http import body as request_body
+from embedding_api.http.body import count_json_values, parse_body
+from embedding_api.http.wire import EmbeddingRequest
 
 
 def reference_count(raw: bytes) -> int:

@@ -184,7 +184,7 @@ def test_a_body_within_body_read_timeout_is_served(make_client: Callable[..., Te
 def test_a_big_body_is_parsed_off_the_event_loop(
     make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import embedding_api.request_body as request_body
+    import embedding_api.http.body as request_body
 
     client = make_client()
     threads: list[str] = []

@@ -24,8 +24,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from embedding_api.app import create_app
 from embedding_api.families.base import EmbeddingFamily
+from embedding_api.http.app import create_app
 from tests.conftest import API_KEY, b64, image_bytes, make_image, make_settings, wait_ready
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

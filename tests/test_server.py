@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from embedding_api.server import FD_RESERVE, ConnectionLimits, connection_cap, guarded_protocol, raise_fd_limit
+from embedding_api.http.server import FD_RESERVE, ConnectionLimits, connection_cap, guarded_protocol, raise_fd_limit
 from tests.conftest import free_port
 
 LIMITS = ConnectionLimits(header_timeout=0.5, max_header_bytes=2048, max_connections=4, linger=0.5)

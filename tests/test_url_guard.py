@@ -1,4 +1,4 @@
-"""`embedding_api.url_guard`: the strict URL parse, address classes, the domain allow-list and local files."""
+"""`embedding_api.media.url_guard`: the strict URL parse, address classes, the domain allow-list and local files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from embedding_api.url_guard import (
+from embedding_api.media.url_guard import (
     Hop,
     ParsedUrl,
     UrlGuard,

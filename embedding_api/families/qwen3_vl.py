@@ -23,8 +23,8 @@ from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families import cpu_linear, packing, pooled_rows
 from embedding_api.families import qwen_vision as vision
 from embedding_api.families.base import Batch, PreparedItem, finish_vectors
+from embedding_api.families.frames import even_positions
 from embedding_api.items import Item, VideoClip
-from embedding_api.sampling import even_positions
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Downloading media by URL, the one place the server fetches URLs.
 
-Every URL and every redirect hop passes the URL guard (`embedding_api.url_guard`): strict parse, domain allow-list,
+Every URL and every redirect hop passes the URL guard (`embedding_api.media.url_guard`): strict parse, domain allow-list,
 one DNS resolution with every address checked, then a connection to that checked address (Host header and TLS name
 kept). Redirects are followed by hand; the whole fetch has one timeout and the body a byte cap, checked from
 Content-Length first and again while streaming.
@@ -25,7 +25,7 @@ from urllib.parse import urljoin
 import httpx
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.url_guard import (
+from embedding_api.media.url_guard import (
     ParsedUrl,
     Resolver,
     UrlGuard,

@@ -24,7 +24,7 @@ _HEADERS = {
 @cache
 def playground_html() -> str:
     """The page, read from the package (works installed or from a source checkout)."""
-    return resources.files("embedding_api").joinpath("static", "playground.html").read_text(encoding="utf-8")
+    return resources.files("embedding_api.http").joinpath("static", "playground.html").read_text(encoding="utf-8")
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from embedding_api.encoding import embeddings_response
-from embedding_api.engine import Engine
+from embedding_api.engine.batcher import Engine
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.inputs import ItemSpec, check_instruction, parse_input
-from embedding_api.media import MediaResolver
-from embedding_api.schemas import EmbeddingRequest
+from embedding_api.http.encoding import embeddings_response
+from embedding_api.http.wire import EmbeddingRequest
+from embedding_api.media.parse import ItemSpec, check_instruction, parse_input
+from embedding_api.media.resolve import MediaResolver
 from embedding_api.settings import Settings
 
 

@@ -20,10 +20,10 @@ from PIL import Image
 from qwen_vl_utils import vision_process
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.fetch import FetchShare, MediaFetcher, is_fetchable
-from embedding_api.inputs import ItemSpec, MediaRef
+from embedding_api.families.frames import even_positions, video_file_indices
 from embedding_api.items import Item, VideoClip
-from embedding_api.sampling import even_positions, video_file_indices
+from embedding_api.media.fetch import FetchShare, MediaFetcher, is_fetchable
+from embedding_api.media.parse import ItemSpec, MediaRef
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/_\-\s]+={0,2}\s*$")
@@ -255,7 +255,7 @@ class MediaResolver:
 
     At most MAX_FETCHES_PER_REQUEST workers go through a request's references (no task per reference, however many
     it has), and each URL is fetched in a slot of the request's fair share of MAX_CONCURRENT_FETCHES
-    (`embedding_api.fetch.FetchSlots`), so one request can neither flood the HTTP pool nor starve other requests.
+    (`embedding_api.media.fetch.FetchSlots`), so one request can neither flood the HTTP pool nor starve other requests.
     """
 
     def __init__(

@@ -13,13 +13,13 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.logs import current_request
-from embedding_api.metrics import CONTENT_TYPE, METRICS_PATH, Metrics
-from embedding_api.request_body import openapi_body, parse_body_off_loop
-from embedding_api.responses import json_response
-from embedding_api.runtime import Runtime
-from embedding_api.schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelCard, ModelList
-from embedding_api.service import EmbeddingAnswer, EmbeddingService
+from embedding_api.http.body import openapi_body, parse_body_off_loop
+from embedding_api.http.responses import json_response
+from embedding_api.http.wire import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelCard, ModelList
+from embedding_api.observability.logs import current_request
+from embedding_api.observability.metrics import CONTENT_TYPE, METRICS_PATH, Metrics
+from embedding_api.service.embeddings import EmbeddingAnswer, EmbeddingService
+from embedding_api.service.runtime import Runtime
 
 Result = TypeVar("Result")
 Body = TypeVar("Body", bound=BaseModel)

@@ -35,7 +35,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from embedding_api.errors import ErrorKind, error_body
-from embedding_api.runtime import Runtime
+from embedding_api.service.runtime import Runtime
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)

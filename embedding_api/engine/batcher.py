@@ -19,10 +19,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from embedding_api.engine.memory import BIG_PIXELS, release_freed_memory
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem
 from embedding_api.items import Item
-from embedding_api.memory import BIG_PIXELS, release_freed_memory
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import httpx
 
-from embedding_api.engine import Budget, Engine, EngineObserver
+from embedding_api.engine.batcher import Budget, Engine, EngineObserver
 from embedding_api.families.base import EmbeddingFamily
-from embedding_api.fetch import FetchLimits, MediaFetcher, media_client
+from embedding_api.families.loader import ModelUnavailable, has_random_weights, load_family
 from embedding_api.items import Item
-from embedding_api.loader import ModelUnavailable, has_random_weights, load_family
-from embedding_api.media import MediaLimits, MediaResolver
-from embedding_api.service import EmbeddingService
+from embedding_api.media.fetch import FetchLimits, MediaFetcher, media_client
+from embedding_api.media.resolve import MediaLimits, MediaResolver
+from embedding_api.service.embeddings import EmbeddingService
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Runtime:
     status: str = "loading"
     draining: bool = False  # set on SIGTERM: new requests get 503 while in-flight ones finish
     detail: str | None = None
-    random_weights: bool = False  # MODEL_PATH is a checkpoint built by embedding_api.tiny_checkpoint (the demo)
+    random_weights: bool = False  # MODEL_PATH is a checkpoint built by devtools.tiny_checkpoint (the demo)
     family: EmbeddingFamily | None = None
     engine: Engine | None = None
     service: EmbeddingService | None = None
@@ -90,7 +90,7 @@ class Runtime:
             return None
         return (
             f"MODEL_PATH={self.settings.model_path} holds RANDOM weights (a test checkpoint built by "
-            f"embedding_api.tiny_checkpoint): its vectors are meaningless, though served as {self.settings.model_name!r}"
+            f"devtools.tiny_checkpoint): its vectors are meaningless, though served as {self.settings.model_name!r}"
         )
 
     async def _load(self) -> None:

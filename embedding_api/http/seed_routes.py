@@ -20,9 +20,9 @@ from starlette.types import Message
 
 from embedding_api import __version__
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.request_body import openapi_body
-from embedding_api.routes import _ERRORS, _service, read_body, read_json, run_embedding, timing_headers
-from embedding_api.schemas import EmbeddingRequest
+from embedding_api.http.body import openapi_body
+from embedding_api.http.openai_routes import _ERRORS, _service, read_body, read_json, run_embedding, timing_headers
+from embedding_api.http.wire import EmbeddingRequest
 
 router = APIRouter(tags=["simple"])
 _LITTLE_ENDIAN_F32 = np.dtype("<f4")

@@ -7,11 +7,10 @@ import logging
 import os
 from pathlib import Path
 
-from embedding_api.device import best_attention, resolve_device, resolve_dtype
-from embedding_api.download import hub_id_for_folder
 from embedding_api.families.base import EmbeddingFamily
+from embedding_api.families.device import best_attention, resolve_device, resolve_dtype
+from embedding_api.families.download import hub_id_for_folder
 from embedding_api.settings import Settings
-from embedding_api.tiny_checkpoint import RANDOM_WEIGHTS_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +19,10 @@ SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
 
 class ModelUnavailable(RuntimeError):
     """The model cannot be had; the message is one sentence saying what to do."""
+
+
+# Set in config.json by devtools/tiny_checkpoint.py: a checkpoint with random weights (tests, the demo).
+RANDOM_WEIGHTS_MARKER = "embedding_api_random_weights"
 
 
 def local_model_folder(model_path: str) -> Path | None:
@@ -76,7 +79,7 @@ def _not_found_sentence(model_path: str) -> str:
 
 
 def has_random_weights(model_path: str) -> bool:
-    """A local checkpoint marked by `embedding_api.tiny_checkpoint` as randomly initialised (the demo, the tests)."""
+    """A local checkpoint marked by `devtools.tiny_checkpoint` as randomly initialised (the demo, the tests)."""
     try:
         with open(Path(model_path).expanduser() / "config.json", encoding="utf-8") as handle:
             return json.load(handle).get(RANDOM_WEIGHTS_MARKER) is True

@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding_api.errors import ErrorKind, error_body
 from embedding_api.families.base import PreparedItem
-from embedding_api.logs import (
+from embedding_api.http.responses import json_response
+from embedding_api.observability.logs import (
     REQUEST_ID_HEADER,
     RequestRecord,
     current_request,
@@ -25,7 +26,6 @@ from embedding_api.logs import (
     request_id_from,
     safe_traceback,
 )
-from embedding_api.responses import json_response
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding_api import __version__
-from embedding_api.auth import PUBLIC_PATHS, AuthMiddleware, KeyChecker
 from embedding_api.errors import ApiError, ErrorKind, error_body
-from embedding_api.logs import safe_traceback
-from embedding_api.metrics import METRICS_PATH, Metrics, ModelInfo, ObservingMiddleware
-from embedding_api.playground import router as playground_router
-from embedding_api.request_body import validation_error
-from embedding_api.responses import json_response
-from embedding_api.routes import router
-from embedding_api.runtime import FamilyLoader, Runtime
-from embedding_api.seed_routes import router as seed_router
+from embedding_api.http.auth import PUBLIC_PATHS, AuthMiddleware, KeyChecker
+from embedding_api.http.body import validation_error
+from embedding_api.http.openai_routes import router
+from embedding_api.http.playground import router as playground_router
+from embedding_api.http.responses import json_response
+from embedding_api.http.seed_routes import router as seed_router
+from embedding_api.observability.logs import safe_traceback
+from embedding_api.observability.metrics import METRICS_PATH, Metrics, ModelInfo, ObservingMiddleware
+from embedding_api.service.runtime import FamilyLoader, Runtime
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)

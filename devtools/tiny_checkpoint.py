@@ -8,7 +8,7 @@ are random, so the vectors mean nothing, but every code path (tokenizer, process
 vision tower, deepstack, M-RoPE, loading) is the real one.  Used by tests and
 benchmarks; nothing here needs the network.
 
-Usage: ``python -m embedding_api.tiny_checkpoint OUT_DIR [--small] [--released]``.
+Usage: ``python -m devtools.tiny_checkpoint OUT_DIR [--small] [--released]``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+# set true in every checkpoint built here; the server reads it to say the weights are random
+from embedding_api.families.loader import RANDOM_WEIGHTS_MARKER
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -34,9 +37,6 @@ __all__ = [
     "main",
     "real_2b_config",
 ]
-
-# Key of config.json, set true in every checkpoint built here: the server reads it to say the weights are random.
-RANDOM_WEIGHTS_MARKER = "embedding_api_random_weights"
 
 # Special tokens in the order Qwen gives them ids (right after the BPE vocabulary).
 SPECIAL_TOKENS: tuple[str, ...] = (

@@ -1,0 +1,1 @@
+"""The shared batcher: queue, budgets, batches across requests; knows the family protocol, not the model library."""

@@ -1,0 +1,1 @@
+"""The HTTP layer: parses requests, calls the service, encodes answers. The only place that knows FastAPI."""

@@ -1,0 +1,1 @@
+"""Inputs to items: parse the wire `input`, fetch URLs behind the guard, decode images and videos."""
