@@ -44,6 +44,7 @@ lint: install-dev ## ruff and mypy
 	$(VENV)/bin/ruff check embedding_api devtools tests bench
 	$(VENV)/bin/ruff format --check embedding_api devtools tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install ## throughput: in-process ceiling, this server and the naive server (writes docs/benchmarks.md)
 	$(PY) -m bench.throughput

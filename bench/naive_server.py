@@ -19,7 +19,8 @@ from embedding_api.http.encoding import embeddings_response
 from embedding_api.http.wire import EmbeddingRequest
 from embedding_api.media.fetch import FetchLimits, MediaFetcher
 from embedding_api.media.parse import parse_input
-from embedding_api.media.resolve import MediaLimits, MediaResolver
+from embedding_api.media.decode import MediaLimits
+from embedding_api.media.resolve import MediaResolver
 from embedding_api.settings import Settings
 
 

@@ -29,7 +29,7 @@ from bench.common import (
 from embedding_api.families.loader import load_family
 from embedding_api.http.encoding import embeddings_response
 from embedding_api.items import Item
-from embedding_api.media.resolve import MediaLimits, decode_image, decode_inline
+from embedding_api.media.decode import MediaLimits, decode_image, decode_inline
 from embedding_api.settings import Settings
 
 SCENARIOS = ("text", "text32", "image", "mix")

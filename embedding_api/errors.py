@@ -53,7 +53,10 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
 
 
 class ApiError(Exception):
-    """An error with a kind, a message for the client and the request field it concerns."""
+    """An error with a kind, a message for the client and the request field it concerns.
+
+    The message never names the field: `error_body` puts `param: ` in front of it, once, for every error.
+    """
 
     def __init__(self, kind: ErrorKind, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -67,15 +70,18 @@ class ApiError(Exception):
     def status(self) -> int:
         return ERROR_TABLE[self.kind][0]
 
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}" if self.param else self.message
+
     def body(self) -> dict[str, Any]:
         return error_body(self.kind, self.message, param=self.param, code=self.code)
 
 
 def error_body(kind: ErrorKind, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """The OpenAI-shaped error body."""
+    """The OpenAI-shaped error body; the message is prefixed with the field it concerns."""
     return {
         "error": {
-            "message": message,
+            "message": f"{param}: {message}" if param else message,
             "type": ERROR_TABLE[kind][1],
             "param": param,
             "code": code if code is not None else kind.value,

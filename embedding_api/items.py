@@ -31,6 +31,17 @@ class VideoClip:
     frame_indices: list[int] | None = None  # source index of each frame (video files)
 
 
+def blank_is_none(instruction: str | None) -> str | None:
+    """An empty or blank instruction means "none given here": the next level of precedence applies."""
+    return instruction if instruction and instruction.strip() else None
+
+
+def item_instruction(item_level: str | None, request_level: str | None) -> str | None:
+    """The precedence the README states: an input's own instruction, else the request's; None means the model's
+    default (the family fills it in: it knows the default and how the model's template writes it)."""
+    return blank_is_none(item_level) or blank_is_none(request_level)
+
+
 @dataclass
 class Item:
     """One input that becomes one vector: any mix of texts, images and videos, plus its instruction."""

@@ -86,7 +86,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Largest image (width x height) decoded; read from the header first."
     )
-    max_video_frames: int = Field(64, ge=2, description="Most frames sampled from one video.")
+    max_video_frames: int = Field(
+        64,
+        ge=2,
+        description="Most frames the model sees of one video (the official code takes up to 64; more is capped at 64).",
+    )
     max_redirects: int = Field(
         3, ge=0, description="Most redirects followed for one media URL (each hop checked again)."
     )

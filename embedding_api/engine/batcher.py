@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from embedding_api.engine.memory import BIG_PIXELS, release_freed_memory
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem
+from embedding_api.families.device import is_out_of_memory, release_device_cache
 from embedding_api.items import Item
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,6 @@ class EngineObserver(Protocol):
     def batch_run(self, size: int, tokens: int, seconds: float) -> None: ...
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 class Engine:
     """The shared batcher in front of a family adapter."""
 
@@ -91,7 +87,6 @@ class Engine:
         self._slots = asyncio.Semaphore(2)
         self._loop_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-        self.batches_run = 0
         self._on_device = 0  # batches collated or running on the device thread right now
         self.consecutive_failures = 0
 
@@ -265,9 +260,9 @@ class Engine:
             finished = time.perf_counter()
         except Exception as exc:  # isolate: split until the failing item is alone
             if len(live) > 1:
-                if _is_out_of_memory(exc):
+                if is_out_of_memory(exc):
                     log.warning("out of memory on a batch of %d; splitting it", len(live))
-                    _empty_device_cache()
+                    release_device_cache()
                 else:
                     log.warning("a batch of %d failed (%s); retrying in halves", len(live), type(exc).__name__)
                 middle = len(live) // 2
@@ -276,7 +271,6 @@ class Engine:
                 return
             self._fail(live[0], exc)
             return
-        self.batches_run += 1
         self.consecutive_failures = 0
         inference_ms = (finished - started) * 1000
         if self.observer is not None:
@@ -298,8 +292,8 @@ class Engine:
             return
         if isinstance(exc, ApiError):
             error = exc
-        elif _is_out_of_memory(exc):
-            _empty_device_cache()
+        elif is_out_of_memory(exc):
+            release_device_cache()
             error = ApiError(
                 ErrorKind.ITEM_TOO_LARGE,
                 "this input alone does not fit in the device's memory; send a smaller image, fewer frames or "
@@ -310,8 +304,3 @@ class Engine:
             self.consecutive_failures += 1  # only faults of the engine itself count towards ill health
             error = ApiError(ErrorKind.INTERNAL, f"embedding failed: {type(exc).__name__}")
         entry.future.set_exception(error)
-
-
-def _empty_device_cache() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -1,5 +1,2 @@
-"""Model families: one adapter per family behind the `EmbeddingFamily` protocol."""
-
-from embedding_api.families.base import Batch, EmbeddingFamily, PreparedItem, finish_vectors
-
-__all__ = ["Batch", "EmbeddingFamily", "PreparedItem", "finish_vectors"]
+"""Model families: one adapter per family behind the `EmbeddingFamily` protocol (`base`), how checkpoints are found
+and loaded (`loader`, `download`, `device`), and the CPU kernels the adapters use."""

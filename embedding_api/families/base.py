@@ -8,12 +8,20 @@ SigLIP-style dual encoders) plug in without touching the engine or the HTTP laye
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from embedding_api.items import Item
+
+
+class FramePicker(Protocol):
+    """Which frames of a video a model sees: positions in a frame list, source indices in a file."""
+
+    def list_positions(self, count: int) -> list[int]: ...
+
+    def file_indices(self, total: int, fps: float) -> list[int]: ...
 
 
 @dataclass
@@ -32,17 +40,16 @@ class Batch:
 
     tensors: dict[str, Any]
     token_counts: list[int]
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class EmbeddingFamily(Protocol):
     """What the engine needs from a model family."""
 
-    name: str
     dimension: int
     device: str
     dtype: str
     packs_sequences: bool  # a batch costs its real tokens (padding-free), not its longest item x its size
+    frame_picker: FramePicker  # which video frames the model sees: media fetches and decodes only those
 
     def prepare(self, item: Item) -> PreparedItem:
         """CPU, per item: validate, resize, render the prompt, count tokens. Raises ApiError for bad input."""
@@ -68,11 +75,12 @@ def l2_normalize(matrix: np.ndarray) -> np.ndarray:
 
 
 def finish_vectors(pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
-    """Matryoshka truncation: normalise, keep the first `dimensions`, normalise again."""
+    """Matryoshka truncation: normalise, keep the first `dimensions` (None: all; `service.options` decides), normalise
+    again."""
     vectors = pooled.astype(np.float32, copy=False)
     if normalize:
         vectors = l2_normalize(vectors)
-    if dimensions is not None and dimensions < vectors.shape[1]:
+    if dimensions is not None:
         vectors = vectors[:, :dimensions]
         if normalize:
             vectors = l2_normalize(vectors)

@@ -51,3 +51,18 @@ def best_attention(device: torch.device) -> str:
         except ImportError:
             pass
     return "sdpa"
+
+
+def cuda_available() -> bool:
+    return bool(torch.cuda.is_available())
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The device ran out of memory (CUDA's own error, or an allocator's message on other devices)."""
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def release_device_cache() -> None:
+    """Give cached device memory back after an out-of-memory error, so a smaller retry can fit."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -27,3 +27,17 @@ def video_file_indices(total: int, fps: float, max_frames: int) -> list[int]:
     rule = {"fps": VIDEO_SAMPLE_FPS, "max_frames": max_frames}
     count = vision_process.smart_nframes(rule, total_frames=total, video_fps=fps)
     return [int(i) for i in torch.linspace(0, total - 1, count).round().long().tolist()]
+
+
+class QwenFramePicker:
+    """The frames Qwen3-VL-Embedding sees, for media to fetch and decode those only (and the family to apply to
+    frames given to it directly): at most `max_frames` (64 in the official code; MAX_VIDEO_FRAMES may lower it)."""
+
+    def __init__(self, max_frames: int = 64) -> None:
+        self.max_frames = max_frames
+
+    def list_positions(self, count: int) -> list[int]:
+        return even_positions(count, self.max_frames)
+
+    def file_indices(self, total: int, fps: float) -> list[int]:
+        return video_file_indices(total, fps, self.max_frames)

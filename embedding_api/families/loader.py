@@ -135,6 +135,7 @@ def load_family(settings: Settings) -> EmbeddingFamily:
         default_instruction=settings.default_instruction,
         max_length=settings.max_length,
         limits=limits,
+        max_video_frames=settings.max_video_frames,
     )
     log.info(
         "loaded %s (%s) on %s as %s, dimension %d", settings.model_path, model_type, device, dtype, family.dimension

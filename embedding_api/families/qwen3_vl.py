@@ -1,8 +1,11 @@
-"""Qwen3-VL-Embedding, following shared/docs/model-recipe.md.
+"""Qwen3-VL-Embedding, equal to the official `Qwen3VLEmbedder` (QwenLM/Qwen3-VL-Embedding) and tested against it.
 
 One item is a two-message chat (system = instruction, user = videos, images, texts), rendered with the
 checkpoint's own chat template and generation prompt, padded on the right; the vector is the hidden state of the
 last real token, L2-normalised, optionally truncated (MRL) and normalised again.
+
+The family's three verbs (prepare, collate + run, finish) are kept in one module so the whole recipe reads top to
+bottom; the pixel arithmetic (`qwen_vision`), frame choice (`frames`) and CPU kernels live beside it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from PIL import Image
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families import cpu_linear, packing, pooled_rows
 from embedding_api.families import qwen_vision as vision
-from embedding_api.families.base import Batch, PreparedItem, finish_vectors
-from embedding_api.families.frames import even_positions
+from embedding_api.families.base import Batch, FramePicker, PreparedItem, finish_vectors
+from embedding_api.families.frames import QwenFramePicker
 from embedding_api.items import Item, VideoClip
 
 log = logging.getLogger(__name__)
@@ -60,8 +63,9 @@ class _Prompt:
 
 
 def system_instruction(instruction: str | None, default: str) -> str:
-    """The recipe's instruction rule: stripped; blank means the default; a full stop appended when the last
-    character is not punctuation."""
+    """The official code's rule, kept whole so the adapter alone matches it: stripped; blank means the default; a
+    full stop appended when the last character is not punctuation. (Which instruction applies, the input's or
+    the request's, is `items.item_instruction`.)"""
     text = (instruction or "").strip() or default.strip()
     if text and not unicodedata.category(text[-1]).startswith("P"):
         return text + "."
@@ -70,8 +74,6 @@ def system_instruction(instruction: str | None, default: str) -> str:
 
 class Qwen3VLFamily:
     """The adapter: prepare on CPU, run on the device, finish on the host."""
-
-    name = "qwen3_vl"
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class Qwen3VLFamily:
         default_instruction: str,
         max_length: int,
         limits: VisionLimits,
+        max_video_frames: int = vision.LIST_MAX_FRAMES,
     ) -> None:
         self.model = model
         self.processor = processor
@@ -98,6 +101,7 @@ class Qwen3VLFamily:
         self.default_instruction = default_instruction
         self.max_length = max_length
         self.limits = limits
+        self.frame_picker: FramePicker = QwenFramePicker(min(max_video_frames, vision.LIST_MAX_FRAMES))
         image_processor = processor.image_processor
         self.patch_size = int(image_processor.patch_size)
         self.patch_factor = self.patch_size * int(image_processor.merge_size)
@@ -152,14 +156,14 @@ class Qwen3VLFamily:
         return vision.fetch_image(image, self.patch_size, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
 
     def _prepare_video(self, clip: VideoClip, item: Item) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The official embedder's two video paths (shared/docs/model-recipe.md, "Videos")."""
+        """The official embedder's two video paths: a list of frames, and a video file."""
         if not len(clip.frames):
             raise ApiError(ErrorKind.MEDIA_DECODE, "video has no frames")
         if clip.fps is None:
             # A frame list: at most 64 frames, each through the image path on the video grid, said to be at 2 fps,
             # all sharing a total pixel budget.
             frames = list(clip.frames)
-            picked = [frames[p] for p in even_positions(len(frames), vision.LIST_MAX_FRAMES)]
+            picked = [frames[p] for p in self.frame_picker.list_positions(len(frames))]
             pre_sized = (vision.fetch_image(frame, self.video_factor) for frame in picked)
             stack = vision.resize_frames(
                 pre_sized, len(picked), self.video_factor, vision.LIST_TOTAL_PIXELS, item.check_wanted

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,18 +11,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedding_api import __version__
 from embedding_api.errors import ApiError, ErrorKind, error_body
 from embedding_api.http.auth import PUBLIC_PATHS, AuthMiddleware, KeyChecker
 from embedding_api.http.body import validation_error
-from embedding_api.http.openai_routes import router
+from embedding_api.http.encoding import json_response
+from embedding_api.http.middleware import ObservingMiddleware, ShutdownDeadlineMiddleware
+from embedding_api.http.openai_routes import router as openai_router
+from embedding_api.http.ops_routes import router as ops_router
 from embedding_api.http.playground import router as playground_router
-from embedding_api.http.responses import json_response
 from embedding_api.http.seed_routes import router as seed_router
-from embedding_api.observability.logs import safe_traceback
-from embedding_api.observability.metrics import METRICS_PATH, Metrics, ModelInfo, ObservingMiddleware
+from embedding_api.observability.metrics import METRICS_PATH, Metrics, ModelInfo
 from embedding_api.service.runtime import FamilyLoader, Runtime
 from embedding_api.settings import Settings
 
@@ -48,45 +47,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = _HTTP_KINDS.get(exc.status_code, ErrorKind.INVALID_REQUEST)
         return json_response(error_body(kind, str(exc.detail)), exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        log.error("unhandled error: %s\n%s", type(exc).__name__, safe_traceback((type(exc), exc, exc.__traceback__)))
-        return json_response(error_body(ErrorKind.INTERNAL, "internal error"), 500)
-
-
-class ShutdownDeadlineMiddleware:
-    """Keeps the runtime's list of requests in progress; a request cancelled because SHUTDOWN_TIMEOUT ran out (see
-    Runtime.expire_requests) is answered 503 in our error shape, not uvicorn's plain-text 500."""
-
-    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
-        self.app = app
-        self.runtime = runtime
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        if scope["type"] != "http" or task is None:
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        self.runtime.requests.add(task)
-        try:
-            await self.app(scope, receive, tracked)
-        except asyncio.CancelledError:
-            if not self.runtime.shutdown_expired:
-                raise
-            task.uncancel()
-            if not started:  # else the half-sent answer ends with the connection
-                message = "the server is shutting down and SHUTDOWN_TIMEOUT ran out before this request finished; retry"
-                answer = json_response(error_body(ErrorKind.SHUTTING_DOWN, message), 503, {"Connection": "close"})
-                await answer(scope, receive, send)
-        finally:
-            self.runtime.requests.discard(task)
+    # Unexpected exceptions: ObservingMiddleware (outermost) logs them and answers 500 in our shape.
 
 
 def _metrics(runtime: Runtime) -> Metrics:
@@ -145,7 +106,8 @@ def create_app(
     app.add_middleware(ShutdownDeadlineMiddleware, runtime=runtime)
     app.add_middleware(ObservingMiddleware, metrics=app.state.metrics, router_app=app)  # outermost
     _install_error_handlers(app)
-    app.include_router(router)
+    app.include_router(openai_router)
+    app.include_router(ops_router)
     app.include_router(seed_router)
     app.include_router(playground_router)
     return app

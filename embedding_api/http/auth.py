@@ -11,7 +11,7 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedding_api.errors import ErrorKind, error_body
-from embedding_api.http.responses import json_response
+from embedding_api.http.encoding import json_response
 
 PUBLIC_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 

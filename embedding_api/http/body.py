@@ -1,4 +1,5 @@
-"""JSON bodies parsed whatever the Content-Type (curl -d sends form encoding), with OpenAI-shaped errors."""
+"""Request bodies: read bounded in size and time, parsed as JSON whatever the Content-Type (curl -d sends form
+encoding), with OpenAI-shaped errors."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.settings import Settings
 
 Model = TypeVar("Model", bound=BaseModel)
 THREAD_PARSE_BYTES = 1024 * 1024  # bodies above this are parsed in a worker thread
@@ -50,16 +53,16 @@ def validation_error(errors: list[Any]) -> ApiError:
     if first.get("type") == "json_invalid":
         return ApiError(ErrorKind.INVALID_REQUEST, "the request body is not valid JSON")
     if first.get("type") == "missing":
-        return ApiError(ErrorKind.INVALID_REQUEST, f"{param} is required", param=param)
+        return ApiError(ErrorKind.INVALID_REQUEST, "a value is required", param=param)
     # A union's branches fail together (`input` is a string, an array or an object): say them in one message.
     same = [error for error in errors if param_of(tuple(error.get("loc", ()))) == param]
     expected = [_EXPECTED.get(str(error.get("type"))) for error in same]
     if param and all(expected):
         choices = list(dict.fromkeys(str(choice) for choice in expected))
         wanted = choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + " or " + choices[-1]
-        return ApiError(ErrorKind.INVALID_REQUEST, f"{param} must be {wanted}", param=param)
+        return ApiError(ErrorKind.INVALID_REQUEST, f"must be {wanted}", param=param)
     message = str(first.get("msg", "invalid request"))
-    return ApiError(ErrorKind.INVALID_REQUEST, f"{param}: {message}" if param else message, param=param)
+    return ApiError(ErrorKind.INVALID_REQUEST, message, param=param)
 
 
 def count_json_values(raw: bytes | bytearray, limit: int | None = None) -> int:
@@ -128,3 +131,34 @@ async def parse_body_off_loop(raw: bytes | bytearray, model: type[Model], max_va
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` that documents a body we parse by hand."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytearray:
+    """The body, refused with 413 as soon as it passes `limit` (Content-Length checked first), 408 past `timeout`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                if len(body) + len(chunk) > limit:
+                    raise _too_large(limit)
+                body += chunk
+    except TimeoutError:
+        raise ApiError(
+            ErrorKind.REQUEST_TIMEOUT,
+            f"the request body did not arrive within BODY_READ_TIMEOUT={timeout:g} s",
+            code="body_timeout",
+        ) from None
+    return body
+
+
+async def read_json(request: Request, settings: Settings, model: type[Model]) -> Model:
+    """The body read (bounded in size and time) and parsed (off the event loop when big) as `model`."""
+    raw = await read_body(request, settings.max_request_bytes, settings.body_read_timeout)
+    return await parse_body_off_loop(raw, model, settings.max_json_values)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(ErrorKind.PAYLOAD_TOO_LARGE, f"the request body is over MAX_REQUEST_BYTES={limit}")

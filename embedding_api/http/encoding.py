@@ -1,4 +1,4 @@
-"""Vectors to wire formats without Python float lists."""
+"""What goes on the wire: vectors without Python float lists, and JSON responses written with orjson."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from starlette.responses import Response
 
 _LITTLE_ENDIAN_F32 = np.dtype("<f4")
 
@@ -31,3 +32,7 @@ def embeddings_response(vectors: np.ndarray, *, encoding_format: str, model: str
     }
     # orjson writes numpy float32 rows directly (shortest round-trip repr), no float lists in between.
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json", headers=headers)

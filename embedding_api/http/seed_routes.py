@@ -20,12 +20,12 @@ from starlette.types import Message
 
 from embedding_api import __version__
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.http.body import openapi_body
-from embedding_api.http.openai_routes import _ERRORS, _service, read_body, read_json, run_embedding, timing_headers
-from embedding_api.http.wire import EmbeddingRequest
+from embedding_api.http.body import openapi_body, read_body, read_json
+from embedding_api.http.dispatch import run_embedding, service_of, timing_headers
+from embedding_api.http.wire import ERROR_RESPONSES
+from embedding_api.media.parse import is_url
 
 router = APIRouter(tags=["simple"])
-_LITTLE_ENDIAN_F32 = np.dtype("<f4")
 
 
 class TextBody(BaseModel):
@@ -74,24 +74,19 @@ def _renamed(error: ApiError, param: str) -> ApiError:
     """Errors name this route's field (`text`, `texts[1]`, `file`) instead of `input[...]`."""
     if error.param is not None and error.param.startswith("input"):
         old = error.param
-        new = param + old[len("input[0]") :] if param != "texts" else "texts" + old[len("input") :]
-        error.param = new
-        if error.message.startswith(f"{old}: "):
-            error.message = f"{new}: {error.message[len(old) + 2 :]}"
+        error.param = param + old[len("input[0]") :] if param != "texts" else "texts" + old[len("input") :]
     return error
 
 
-async def _vectors(request: Request, body: EmbeddingRequest, param: str) -> tuple[np.ndarray, dict[str, str], str]:
+async def _vectors(request: Request, raw_input: Any, param: str) -> tuple[np.ndarray, dict[str, str], str]:
+    """The service's vectors for this route's input, with the server's default options."""
     started = time.perf_counter()
-    service = _service(request)
-    body.encoding_format = "base64"  # exact float32 bytes back, no float parsing
+    service = service_of(request)
     try:
-        answer = await run_embedding(request, service, body)
+        answer = await run_embedding(request, service, raw_input, service.options())
     except ApiError as error:
         raise _renamed(error, param) from None
-    data = orjson.loads(answer.body)["data"]
-    matrix = np.stack([np.frombuffer(base64.b64decode(row["embedding"]), dtype=_LITTLE_ENDIAN_F32) for row in data])
-    return matrix, timing_headers(answer, started), service.settings.model_name
+    return answer.vectors, timing_headers(answer, started), service.model_name
 
 
 def _answer(key: str, value: np.ndarray, model: str, headers: dict[str, str]) -> Response:
@@ -100,46 +95,49 @@ def _answer(key: str, value: np.ndarray, model: str, headers: dict[str, str]) ->
     return Response(body, media_type="application/json", headers=headers)
 
 
-@router.post("/embed/text", response_model=Embedding, responses=_ERRORS, openapi_extra=openapi_body(TextBody))
+@router.post("/embed/text", response_model=Embedding, responses=ERROR_RESPONSES, openapi_extra=openapi_body(TextBody))
 async def embed_text(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     with service.admission():  # before the body is read, as /v1/embeddings
-        body = await read_json(request, service, TextBody)
+        body = await read_json(request, service.settings, TextBody)
         if not body.text:
-            raise ApiError(ErrorKind.INVALID_REQUEST, "text: must not be empty", param="text")
-        matrix, headers, model = await _vectors(request, EmbeddingRequest(input=body.text), "text")
+            raise ApiError(ErrorKind.INVALID_REQUEST, "must not be empty", param="text")
+        matrix, headers, model = await _vectors(request, body.text, "text")
     return _answer("embedding", matrix[0], model, headers)
 
 
-@router.post("/embed/texts", response_model=Embeddings, responses=_ERRORS, openapi_extra=openapi_body(TextsBody))
+@router.post(
+    "/embed/texts", response_model=Embeddings, responses=ERROR_RESPONSES, openapi_extra=openapi_body(TextsBody)
+)
 async def embed_texts(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     with service.admission():
-        body = await read_json(request, service, TextsBody)
+        body = await read_json(request, service.settings, TextsBody)
         if not body.texts:
-            raise ApiError(ErrorKind.INVALID_REQUEST, "texts: must not be empty", param="texts")
-        matrix, headers, model = await _vectors(request, EmbeddingRequest(input=list(body.texts)), "texts")
+            raise ApiError(ErrorKind.INVALID_REQUEST, "must not be empty", param="texts")
+        matrix, headers, model = await _vectors(request, list(body.texts), "texts")
     return _answer("embeddings", matrix, model, headers)
 
 
-def _image_request(source: str) -> EmbeddingRequest:
-    return EmbeddingRequest(input=[{"type": "image", "data": source}])
+def _image_input(source: str) -> list[dict[str, str]]:
+    return [{"type": "image", "data": source}]
 
 
 @router.post(
-    "/embed/image/base64", response_model=Embedding, responses=_ERRORS, openapi_extra=openapi_body(ImageBase64Body)
+    "/embed/image/base64",
+    response_model=Embedding,
+    responses=ERROR_RESPONSES,
+    openapi_extra=openapi_body(ImageBase64Body),
 )
 async def embed_image_base64(request: Request) -> Response:
-    service = _service(request)
+    service = service_of(request)
     with service.admission():
-        body = await read_json(request, service, ImageBase64Body)
+        body = await read_json(request, service.settings, ImageBase64Body)
         if not body.image_base64:
-            raise ApiError(ErrorKind.INVALID_REQUEST, "image_base64: must not be empty", param="image_base64")
-        if "://" in body.image_base64[:16]:
-            raise ApiError(
-                ErrorKind.INVALID_REQUEST, "image_base64: must be base64 or a data URI, not a URL", param="image_base64"
-            )
-        matrix, headers, model = await _vectors(request, _image_request(body.image_base64), "image_base64")
+            raise ApiError(ErrorKind.INVALID_REQUEST, "must not be empty", param="image_base64")
+        if is_url(body.image_base64):
+            raise ApiError(ErrorKind.INVALID_REQUEST, "must be base64 or a data URI, not a URL", param="image_base64")
+        matrix, headers, model = await _vectors(request, _image_input(body.image_base64), "image_base64")
     return _answer("embedding", matrix[0], model, headers)
 
 
@@ -149,7 +147,7 @@ async def _uploaded_file(request: Request) -> bytes:
         raise ApiError(
             ErrorKind.INVALID_REQUEST, "send the image as multipart/form-data in a field named 'file'", param="file"
         )
-    settings = _service(request).settings
+    settings = service_of(request).settings
     raw = bytes(await read_body(request, settings.max_request_bytes, settings.body_read_timeout))
     sent = False
 
@@ -167,19 +165,19 @@ async def _uploaded_file(request: Request) -> bytes:
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise ApiError(ErrorKind.INVALID_REQUEST, "file is required (a multipart file field)", param="file")
+            raise ApiError(ErrorKind.INVALID_REQUEST, "a multipart file field is required", param="file")
         data = await upload.read()
     finally:
         await form.close()
     if not data:
-        raise ApiError(ErrorKind.INVALID_REQUEST, "file: the uploaded file is empty", param="file")
+        raise ApiError(ErrorKind.INVALID_REQUEST, "the uploaded file is empty", param="file")
     return data
 
 
-@router.post("/embed/image", response_model=Embedding, responses=_ERRORS, openapi_extra=_MULTIPART_BODY)
+@router.post("/embed/image", response_model=Embedding, responses=ERROR_RESPONSES, openapi_extra=_MULTIPART_BODY)
 async def embed_image(request: Request) -> Response:
-    with _service(request).admission():
+    with service_of(request).admission():
         data = await _uploaded_file(request)
         source = base64.b64encode(data).decode("ascii")
-        matrix, headers, model = await _vectors(request, _image_request(source), "file")
+        matrix, headers, model = await _vectors(request, _image_input(source), "file")
     return _answer("embedding", matrix[0], model, headers)

@@ -15,6 +15,8 @@ a connection whose request body nobody reads for as long as the client trickles 
 The request body itself is bounded by the app (BODY_READ_TIMEOUT, MAX_REQUEST_BYTES, see routes.read_body).
 `raise_fd_limit` lifts the soft RLIMIT_NOFILE to the hard one; `DrainingServer` bounds the shutdown by
 SHUTDOWN_TIMEOUT.
+
+One module on purpose: the guards share the protocol subclass and its per-connection state.
 """
 
 from __future__ import annotations

@@ -74,6 +74,16 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+# The error answers every embedding route documents in the OpenAPI schema.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 408, 413, 422, 500, 503, 504)
+}
+ERROR_RESPONSES[429] = {
+    "model": ErrorResponse,
+    "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait before retrying."}},
+}
+
+
 class Health(BaseModel):
     status: Literal["ok", "loading", "error", "draining"]
     model: str

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from embedding_api.settings import Settings
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 @dataclass(frozen=True)
@@ -159,13 +157,8 @@ class FetchShare:
             slots._release(self)
 
 
-def is_fetchable(source: str) -> bool:
-    """Sources that name a location (`scheme://...`, fetched or refused by the guard) rather than carry the bytes."""
-    return _URL_LIKE.match(source) is not None
-
-
 def _error(message: str, param: str) -> ApiError:
-    return ApiError(ErrorKind.MEDIA_FETCH, f"{param}: {message}", param=param)
+    return ApiError(ErrorKind.MEDIA_FETCH, message, param=param)
 
 
 class MediaFetcher:

@@ -6,16 +6,25 @@ Accepted per top-level element (one vector each): a string; a part object (`text
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.items import blank_is_none
 
 TOKEN_IDS_MESSAGE = (
     "token-id arrays are not accepted: ids from another tokenizer would give wrong vectors. Send the text as "
     "strings (with LangChain's OpenAIEmbeddings, set check_embedding_ctx_length=False)."
 )
 PART_TYPES = ("text", "image", "image_url", "video", "video_url")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def is_url(source: str) -> bool:
+    """A media string that names a location (`scheme://...`: fetched, or refused by the URL guard) rather than
+    carrying the bytes (a data URI or base64). The one place this is decided."""
+    return _URL.match(source) is not None
 
 
 @dataclass
@@ -55,7 +64,7 @@ class ItemSpec:
 
 
 def _invalid(message: str, param: str) -> ApiError:
-    return ApiError(ErrorKind.INVALID_REQUEST, f"{param}: {message}", param=param)
+    return ApiError(ErrorKind.INVALID_REQUEST, message, param=param)
 
 
 def _is_token_ids(value: Any) -> bool:
@@ -182,7 +191,7 @@ def _instruction(obj: dict[str, Any], param: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _invalid("instruction must be a string", f"{param}.instruction")
-    return value if value.strip() else None  # blank means none: the next level (or the default) applies
+    return blank_is_none(value)
 
 
 def _add_text(spec: ItemSpec, text: Any, param: str) -> None:

@@ -4,6 +4,9 @@ Every URL (and every redirect hop) goes through `parse_url` (strict: only unambi
 and `UrlGuard.check` (domain allow-list, one DNS resolution, every address must be public unless private ones are
 allowed). The fetcher then connects to the checked address itself, so a second DNS answer can never be used.
 Refusals raise `UrlRefused`, whose message is safe to show the client (no DNS answers, no local paths).
+
+Longer than most modules on purpose: URL parsing, the address rules and the DNS step are one security decision,
+read and reviewed together; split, a gap between them would be easy to miss.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The embeddings use case: validate, resolve media, batch through the engine, shape the answer. No HTTP here."""
+"""The embeddings use case: validate, resolve media, batch through the engine, finish the vectors. No HTTP here:
+callers get vectors and decide how to write them."""
 
 from __future__ import annotations
 
@@ -6,54 +7,66 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from embedding_api.engine.batcher import Engine
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.http.encoding import embeddings_response
-from embedding_api.http.wire import EmbeddingRequest
+from embedding_api.items import item_instruction
 from embedding_api.media.parse import ItemSpec, check_instruction, parse_input
 from embedding_api.media.resolve import MediaResolver
+from embedding_api.service.options import EmbeddingOptions, ServerDefaults
 from embedding_api.settings import Settings
 
 
+def check_served(model: str | None, served: str) -> None:
+    """A request naming a model (None: any) must name the one this server serves."""
+    if model is not None and model != served:
+        raise ApiError(
+            ErrorKind.MODEL_NOT_FOUND,
+            f"{model!r} is not served here; this server serves {served!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
 @dataclass
-class EmbeddingAnswer:
-    body: bytes
-    item_count: int
+class Embeddings:
+    """One request's finished vectors, in its order, and what they cost."""
+
+    vectors: np.ndarray
     tokens: int
     queue_ms: float
     inference_ms: float
 
 
 class EmbeddingService:
-    def __init__(self, settings: Settings, engine: Engine, resolver: MediaResolver) -> None:
+    def __init__(self, settings: Settings, engine: Engine, resolver: MediaResolver, defaults: ServerDefaults) -> None:
         self.settings = settings
         self.engine = engine
         self.resolver = resolver
-        self.dimension = engine.family.dimension
+        self.defaults = defaults
         self.in_progress = 0
 
-    def output_dimension(self, requested: int | None) -> int | None:
-        """The MRL size to cut to, or None for the model's full size."""
-        size = requested if requested is not None else self.settings.embedding_dimension
-        if size is None:
-            return None
-        if not 1 <= size <= self.dimension:
-            raise ApiError(
-                ErrorKind.INVALID_REQUEST,
-                f"dimensions must be between 1 and {self.dimension} for this model, got {size}",
-                param="dimensions",
-            )
-        return size if size < self.dimension else None
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name
 
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.settings.model_name:
-            raise ApiError(
-                ErrorKind.MODEL_NOT_FOUND,
-                f"model {model!r} is not served here; this server serves {self.settings.model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
+    def options(
+        self,
+        *,
+        dimensions: int | None = None,
+        instruction: str | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+    ) -> EmbeddingOptions:
+        """The request's options over the server's defaults (400 for a `dimensions` the model cannot give)."""
+        if instruction is not None:
+            check_instruction(instruction, self.settings.max_instruction_chars, "instruction")
+        return EmbeddingOptions.merged(
+            self.defaults, dimensions=dimensions, instruction=instruction, normalize=normalize, truncate=truncate
+        )
 
     @contextmanager
     def admission(self) -> Iterator[None]:
@@ -69,24 +82,21 @@ class EmbeddingService:
         finally:
             self.in_progress -= 1
 
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
-        """One request (admitted by the caller, see `admission`), bounded by REQUEST_TIMEOUT."""
+    async def embed(self, raw_input: Any, options: EmbeddingOptions, *, model: str | None = None) -> Embeddings:
+        """One request's `input` (admitted by the caller, see `admission`), bounded by REQUEST_TIMEOUT."""
+        check_served(model, self.model_name)
         try:
             async with asyncio.timeout(self.settings.request_timeout):
-                return await self._embed(request)
+                return await self._embed(raw_input, options)
         except TimeoutError:
             raise ApiError(
                 ErrorKind.TIMEOUT, f"the request took longer than REQUEST_TIMEOUT={self.settings.request_timeout:g} s"
             ) from None
 
-    async def _embed(self, request: EmbeddingRequest) -> EmbeddingAnswer:
-        self.check_model(request.model)
-        dimensions = self.output_dimension(request.dimensions)
+    async def _embed(self, raw_input: Any, options: EmbeddingOptions) -> Embeddings:
         settings = self.settings
-        if request.instruction is not None:
-            check_instruction(request.instruction, settings.max_instruction_chars, "instruction")
         specs: list[ItemSpec] = parse_input(
-            request.input,
+            raw_input,
             max_items=settings.max_inputs_per_request,
             max_text_chars=settings.max_text_chars,
             max_media_per_item=settings.max_media_per_item,
@@ -96,9 +106,8 @@ class EmbeddingService:
         )
         items = await self.resolver.resolve(specs)
         for item in items:
-            if item.instruction is None:
-                item.instruction = request.instruction or None
-            item.truncate = request.truncate
+            item.instruction = item_instruction(item.instruction, options.instruction)
+            item.truncate = options.truncate
         try:
             prepared = await self.engine.prepare(items)
             total = sum(item.tokens for item in prepared)
@@ -113,19 +122,6 @@ class EmbeddingService:
         except ApiError as error:
             if error.param is None and error.item_index is not None:
                 error.param = specs[error.item_index].param
-                error.message = f"{error.param}: {error.message}"
             raise
-        vectors = self.engine.family.finish(result.pooled, dimensions, request.normalize)
-        body = embeddings_response(
-            vectors,
-            encoding_format=request.encoding_format,
-            model=self.settings.model_name,
-            prompt_tokens=result.tokens,
-        )
-        return EmbeddingAnswer(
-            body=body,
-            item_count=len(items),
-            tokens=result.tokens,
-            queue_ms=result.queue_ms,
-            inference_ms=result.inference_ms,
-        )
+        vectors = self.engine.family.finish(result.pooled, options.dimensions, options.normalize)
+        return Embeddings(vectors, result.tokens, result.queue_ms, result.inference_ms)

@@ -12,11 +12,14 @@ import httpx
 
 from embedding_api.engine.batcher import Budget, Engine, EngineObserver
 from embedding_api.families.base import EmbeddingFamily
+from embedding_api.families.device import cuda_available
 from embedding_api.families.loader import ModelUnavailable, has_random_weights, load_family
 from embedding_api.items import Item
 from embedding_api.media.fetch import FetchLimits, MediaFetcher, media_client
-from embedding_api.media.resolve import MediaLimits, MediaResolver
+from embedding_api.media.decode import MediaLimits
+from embedding_api.media.resolve import MediaResolver
 from embedding_api.service.embeddings import EmbeddingService
+from embedding_api.service.options import DefaultsError, ServerDefaults
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,14 +64,18 @@ class Runtime:
             task.cancel()
 
     @property
+    def cuda_available(self) -> bool:
+        return cuda_available()
+
+    @property
     def ready(self) -> bool:
         return self.status == "ok" and self.service is not None
 
-    def media_limits(self) -> MediaLimits:
+    def media_limits(self, family: EmbeddingFamily) -> MediaLimits:
         return MediaLimits(
             max_image_pixels=self.settings.max_image_pixels,
-            max_video_frames=self.settings.max_video_frames,
             max_request_pixels=self.settings.max_request_pixels,
+            frames=family.frame_picker,  # media fetches and decodes only the frames the model will see
         )
 
     def fetcher(self) -> MediaFetcher:
@@ -103,12 +110,10 @@ class Runtime:
         except Exception as exc:  # a corrupt checkpoint or a wrong DEVICE: say it in one line
             self._fail(f"loading the model from MODEL_PATH={settings.model_path} failed: {exc}")
             return
-        if settings.embedding_dimension is not None and settings.embedding_dimension > family.dimension:
-            # Every request would be refused; the older project padded vectors up to this size, this server cuts only.
-            self._fail(
-                f"EMBEDDING_DIMENSION={settings.embedding_dimension} is more than the {family.dimension} dimensions "
-                f"of MODEL_PATH={settings.model_path}; set at most {family.dimension} or leave it empty."
-            )
+        try:
+            defaults = ServerDefaults.checked(family.dimension, settings.embedding_dimension, settings.model_path)
+        except DefaultsError as exc:
+            self._fail(str(exc))
             return
         # On a CPU more than ~8 large images, or ~2,048 real tokens, per pass only adds latency (bench/vs_vllm.py,
         # docs/benchmarks.md); a GPU wants much bigger passes.
@@ -121,8 +126,8 @@ class Runtime:
         engine = Engine(family, budget, max_queued_items=settings.max_queued_items, observer=self.engine_observer)
         engine.start()
         assert self.client is not None
-        resolver = MediaResolver(self.fetcher(), self.media_limits(), on_fetched=self.on_media_fetched)
-        service = EmbeddingService(settings, engine, resolver)
+        resolver = MediaResolver(self.fetcher(), self.media_limits(family), on_fetched=self.on_media_fetched)
+        service = EmbeddingService(settings, engine, resolver, defaults)
         try:
             await engine.embed(await engine.prepare([Item(texts=["warm up"])]))
         except Exception as exc:  # a device fault or out-of-memory on the first forward pass

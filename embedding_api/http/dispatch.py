@@ -1,0 +1,81 @@
+"""From a parsed request to the service and back: which service answers, cancellation when the client leaves,
+the timings a response carries. Shared by every route that embeds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.observability.logs import current_request
+from embedding_api.service.embeddings import Embeddings, EmbeddingService
+from embedding_api.service.options import EmbeddingOptions
+from embedding_api.service.runtime import Runtime
+
+Result = TypeVar("Result")
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def service_of(request: Request) -> EmbeddingService:
+    """The service, or the 503 that says why there is none yet (loading, failed, shutting down)."""
+    runtime = runtime_of(request)
+    if runtime.draining:
+        raise ApiError(ErrorKind.SHUTTING_DOWN, "the server is shutting down; retry on another instance")
+    if runtime.status == "error":
+        raise ApiError(ErrorKind.NOT_READY, f"the model failed to load: {runtime.detail}", code="model_unavailable")
+    if not runtime.ready or runtime.service is None:
+        raise ApiError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", code="model_loading")
+    return runtime.service
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Coroutine[Any, Any, Result]) -> Result:
+    """Run `work`, cancelling it (and so dropping its queued items) if the client goes away first or we are
+    cancelled (SHUTDOWN_TIMEOUT)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ApiError(ErrorKind.INVALID_REQUEST, "the client disconnected", code="client_disconnected")
+    return task.result()
+
+
+async def run_embedding(
+    request: Request, service: EmbeddingService, raw_input: Any, options: EmbeddingOptions, model: str | None = None
+) -> Embeddings:
+    """The use case, cancelled if the client leaves; its timings go to the request's log line and metrics."""
+    record = current_request.get()
+    if record is not None:
+        record.work_started = time.perf_counter()
+    answer = await until_disconnect(request, service.embed(raw_input, options, model=model))
+    if record is not None:
+        record.tokens, record.queue_ms, record.inference_ms = answer.tokens, answer.queue_ms, answer.inference_ms
+    return answer
+
+
+def timing_headers(answer: Embeddings, started: float) -> dict[str, str]:
+    total_ms = (time.perf_counter() - started) * 1000
+    return {
+        "x-queue-time": f"{answer.queue_ms:.2f}",
+        "x-inference-time": f"{answer.inference_ms:.2f}",
+        "x-total-time": f"{total_ms:.2f}",
+    }
