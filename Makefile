@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TINY_MODEL := models/tiny-random
+TINY_FAMILIES := models/tiny-families
+DEMO_MODELS := Qwen3-VL-Embedding-2B=$(TINY_MODEL),qwen3-embedding=$(TINY_FAMILIES)/qwen3-embedding,siglip=$(TINY_FAMILIES)/siglip,siglip2=$(TINY_FAMILIES)/siglip2,hidden-state=$(TINY_FAMILIES)/causal-lm
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev run download demo demo-model test lint bench bench-adapter clean
@@ -31,11 +33,12 @@ run: install ## serve MODEL_PATH (from .env or the environment) on HOST:PORT
 download: install ## download MODEL_PATH's hub id into models/<name> and print the MODEL_PATH line for .env
 	$(PY) -m embedding_api download
 
-demo-model: install ## build the tiny random checkpoint in models/tiny-random
+demo-model: install ## build the tiny random checkpoints in models/ (Qwen3-VL, Qwen3-Embedding, SigLIP, SigLIP2, a causal LM)
 	grep -qs '"embedding_api_random_weights": true' $(TINY_MODEL)/config.json || $(PY) -m devtools.tiny_checkpoint $(TINY_MODEL)
+	test -f $(TINY_FAMILIES)/siglip2/config.json || $(PY) -m devtools.tiny_families $(TINY_FAMILIES)
 
-demo: demo-model ## serve the tiny random checkpoint (meaningless vectors: shows the API only)
-	MODEL_PATH=$(TINY_MODEL) $(PY) -m embedding_api
+demo: demo-model ## serve every tiny random checkpoint at once (meaningless vectors: shows the API only)
+	MODELS=$(DEMO_MODELS) $(PY) -m embedding_api
 
 test: install-dev ## run the test suite (what CI runs)
 	$(PY) -m pytest; status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
@@ -51,6 +54,10 @@ bench: install ## throughput: in-process ceiling, this server and the naive serv
 
 bench-adapter: install ## only the in-process ceiling of the adapter
 	$(PY) -m bench.throughput --ceiling-only
+
+.PHONY: bench-infinity
+bench-infinity: install-dev ## ours vs Infinity on the same Qwen3-Embedding checkpoint (needs ../.venv-infinity; writes docs/benchmarks.md)
+	$(PY) -m bench.vs_infinity
 
 .PHONY: bench-vllm
 bench-vllm: install ## ours vs vLLM's CPU build, same checkpoint and tokens (needs ../.venv-vllm-cpu; writes docs/benchmarks.md)

@@ -17,9 +17,9 @@ from embedding_api.families.loader import load_family
 from embedding_api.http.body import parse_body
 from embedding_api.http.encoding import embeddings_response
 from embedding_api.http.wire import EmbeddingRequest
+from embedding_api.media.decode import MediaLimits
 from embedding_api.media.fetch import FetchLimits, MediaFetcher
 from embedding_api.media.parse import parse_input
-from embedding_api.media.decode import MediaLimits
 from embedding_api.media.resolve import MediaResolver
 from embedding_api.settings import Settings
 

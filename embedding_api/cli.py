@@ -23,22 +23,30 @@ def exit_on_fatal(message: str) -> None:
 
 
 def startup_problems(settings: Settings) -> list[str]:
-    """What stops this machine from serving these settings (DEVICE, MODEL_PATH), every one at once, before listening."""
+    """What stops this machine from serving these settings (DEVICE, MODEL_PATH or the model list), every one at
+    once, before listening."""
+    from embedding_api.catalog import CatalogError, model_specs
     from embedding_api.families.device import resolve_device  # imports torch: after the process variables are in place
     from embedding_api.families.loader import ModelUnavailable, local_model_folder, resolve_model_path
 
     problems = []
     try:
-        resolve_device(settings.device)
-    except RuntimeError as exc:
-        problems.append(str(exc))
-    try:
-        if problems:  # no download of many gigabytes for a server that cannot start anyway
-            local_model_folder(settings.model_path)
-        else:
-            resolve_model_path(settings.model_path)
-    except ModelUnavailable as exc:
-        problems.append(str(exc))
+        specs = model_specs(settings)
+    except CatalogError as exc:
+        return [str(exc)]
+    for device in dict.fromkeys(spec.device or settings.device for spec in specs):
+        try:
+            resolve_device(device)
+        except RuntimeError as exc:
+            problems.append(str(exc))
+    for spec in specs:
+        try:
+            if problems:  # no download of many gigabytes for a server that cannot start anyway
+                local_model_folder(spec.path)
+            else:
+                resolve_model_path(spec.path)
+        except ModelUnavailable as exc:
+            problems.append(str(exc) if len(specs) == 1 else f"model {spec.name!r}: {exc}")
     return problems
 
 

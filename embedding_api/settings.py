@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     # Model
     model_name: str = Field("Qwen3-VL-Embedding-2B", description="The model name clients must send.")
     model_path: str = Field(DEFAULT_MODEL_PATH, description="A local folder with the weights, or a hub id.")
+    models: str = Field(
+        "", description="Several models as name=path pairs separated by commas; empty = MODEL_NAME/MODEL_PATH alone."
+    )
+    models_config: str | None = Field(
+        None, description="A TOML file listing the models with per-model options (see README); wins over MODELS."
+    )
+    text_model: str | None = Field(None, description="Model behind /embed/text(s); empty = the first that takes text.")
+    image_model: str | None = Field(
+        None, description="Model behind /embed/image*; empty = the first that takes images."
+    )
     device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
@@ -148,6 +158,9 @@ class Settings(BaseSettings):
         "max_batch_pixels",
         "max_connections",
         "max_image_size",
+        "models_config",
+        "text_model",
+        "image_model",
         "max_image_width",
         "max_image_height",
         mode="before",

@@ -67,7 +67,7 @@ def make_client(tiny_model_dir: Path, tiny_family: EmbeddingFamily) -> Iterator[
 
     def factory(**overrides: Any) -> TestClient:
         settings = make_settings(tiny_model_dir, **overrides)
-        client = TestClient(create_app(settings, loader=lambda _: tiny_family))
+        client = TestClient(create_app(settings, loader=lambda *_: tiny_family))
         client.__enter__()
         opened.append(client)
         wait_ready(client)
@@ -93,7 +93,7 @@ def free_port() -> int:
 class LiveServer:
     def __init__(self, settings: Settings, family: EmbeddingFamily) -> None:
         self.port = free_port()
-        self.app = create_app(settings, loader=lambda _: family)
+        self.app = create_app(settings, loader=lambda *_: family)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from embedding_api.catalog import CatalogError, model_specs
 from embedding_api.settings import Settings
 
 MODELS_DIR = Path("models")
@@ -16,6 +17,11 @@ MODELS_DIR = Path("models")
 KNOWN_FOLDERS = {
     "qwen3-vl-embedding-2b": "Qwen/Qwen3-VL-Embedding-2B",
     "qwen3-vl-embedding-8b": "Qwen/Qwen3-VL-Embedding-8B",
+    "qwen3-embedding-0.6b": "Qwen/Qwen3-Embedding-0.6B",
+    "qwen3-embedding-4b": "Qwen/Qwen3-Embedding-4B",
+    "qwen3-embedding-8b": "Qwen/Qwen3-Embedding-8B",
+    "siglip2-so400m-patch16-512": "google/siglip2-so400m-patch16-512",
+    "siglip-so400m-patch14-384": "google/siglip-so400m-patch14-384",
 }
 
 
@@ -92,14 +98,28 @@ def _first_line(exc: BaseException) -> str:
 
 
 def download(models_dir: Path = MODELS_DIR) -> int:
-    """Fetch MODEL_PATH into models_dir/<name> and print the `.env` line; 0 on success, 1 with a one-line error.
+    """Fetch MODEL_PATH (or each model of MODELS / MODELS_CONFIG) into models_dir/<name> and print the line to use;
+    0 on success, 1 with a one-line error for any model that could not be had."""
+    settings = Settings()
+    if not settings.models.strip() and not settings.models_config:
+        return _download_one("MODEL_PATH", settings.model_path, models_dir)
+    try:
+        specs = model_specs(settings)
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return max(_download_one(spec.name, spec.path, models_dir) for spec in specs)
 
-    A MODEL_PATH folder named after a known model (`./models/Qwen3-VL-Embedding-2B`) gets that model, in that folder.
+
+def _download_one(label: str, model_path: str, models_dir: Path) -> int:
+    """One model, named in messages as `label=path` (MODEL_PATH=..., or a MODELS pair).
+
+    A folder named after a known model (`./models/Qwen3-VL-Embedding-2B`) gets that model, in that folder.
     """
-    model_path = Settings().model_path
+    line = "MODEL_PATH" if label == "MODEL_PATH" else "MODELS"
     local = Path(model_path).expanduser()
     if (local / "config.json").is_file():
-        print(f"MODEL_PATH={model_path} is already a local folder with the model; nothing to download.")
+        print(f"{label}={model_path} is already a local folder with the model; nothing to download.")
         return 0
     folder_of = hub_id_for_folder(model_path)
     if folder_of is not None:  # `./models/Qwen3-VL-Embedding-2B` not there yet (or half downloaded): fill it
@@ -114,12 +134,16 @@ def download(models_dir: Path = MODELS_DIR) -> int:
     if not looks_like_hub_id(model_path):
         print(
             f"error: MODEL_PATH={model_path} is neither an existing folder nor a hub id like "
-            "Qwen/Qwen3-VL-Embedding-2B; fix MODEL_PATH in .env.",
+            "Qwen/Qwen3-VL-Embedding-2B; fix it in .env.",
             file=sys.stderr,
         )
         return 1
     target = local_dir_for(model_path, models_dir)
-    done = f"done. Put this line in .env to serve the local copy:\nMODEL_PATH={target.as_posix()}"
+    done = (
+        f"done. Serve the local copy with this in .env ({line}):\n{label}={target.as_posix()}"
+        if line == "MODELS"
+        else f"done. Put this line in .env to serve the local copy:\nMODEL_PATH={target.as_posix()}"
+    )
     return _fetch_and_report(model_path, target, done)
 
 

@@ -6,15 +6,15 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
+from embedding_api.catalog import FAMILIES, ModelSpec
 from embedding_api.families.base import EmbeddingFamily
 from embedding_api.families.device import best_attention, resolve_device, resolve_dtype
 from embedding_api.families.download import hub_id_for_folder
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
 
 
 class ModelUnavailable(RuntimeError):
@@ -92,35 +92,75 @@ def model_type_of(path: Path) -> str:
         return str(json.load(handle).get("model_type", ""))
 
 
-def load_family(settings: Settings) -> EmbeddingFamily:
-    """Load weights and processor onto the configured device and wrap them in their family adapter."""
-    path = resolve_model_path(settings.model_path)
-    model_type = model_type_of(path)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+def detect_family(path: Path) -> str | None:
+    """The family a checkpoint belongs to, from its files: Qwen3-VL and SigLIP by `model_type`, Qwen3-Embedding by
+    its sentence-transformers files (last-token pooling), any other decoder as a hidden-state embedder."""
+    with open(path / "config.json", encoding="utf-8") as handle:
+        config = json.load(handle)
+    model_type = str(config.get("model_type", ""))
+    if model_type == "qwen3_vl":
+        return "qwen3_vl"
+    if model_type in ("siglip", "siglip2"):
+        return "siglip"
+    pooling = path / "1_Pooling" / "config.json"
+    if (path / "modules.json").is_file() and pooling.is_file():
+        with open(pooling, encoding="utf-8") as handle:
+            options = json.load(handle)
+        # sentence-transformers 3-5 write a flag per mode (the released Qwen3-Embedding files), 6 one `pooling_mode`
+        if options.get("pooling_mode_lasttoken") or options.get("pooling_mode") == "lasttoken":
+            return "qwen3_embedding"
+    architectures = [str(name) for name in config.get("architectures") or ()]
+    if any(name.endswith(("ForCausalLM", "Model")) for name in architectures) and "vision_config" not in config:
+        return "hidden_state"
+    return None
+
+
+def load_family(settings: Settings, spec: ModelSpec | None = None) -> EmbeddingFamily:
+    """Load one model's weights onto its device and wrap them in their family's adapter."""
+    spec = spec or ModelSpec(name=settings.model_name, path=settings.model_path)
+    setting = "MODEL_PATH" if spec.name == settings.model_name and spec.path == settings.model_path else spec.name
+    path = resolve_model_path(spec.path)
+    family = spec.family or detect_family(path)
+    if family is None:
         raise ModelUnavailable(
-            f"MODEL_PATH={settings.model_path} holds a '{model_type}' model; this server serves "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} checkpoints."
+            f"{setting}={spec.path} holds a '{model_type_of(path)}' model, which this server cannot serve; it serves "
+            f"{', '.join(FAMILIES)} checkpoints (set `family` in MODELS_CONFIG to force one)."
         )
     import torch
+
+    device = resolve_device(spec.device or settings.device)
+    dtype = resolve_dtype(spec.dtype or settings.dtype, device)
+    if device.type == "cpu":
+        torch.set_grad_enabled(False)
+    loaded: EmbeddingFamily
+    if family == "qwen3_vl":
+        loaded = _qwen3_vl(settings, spec, path, device, dtype, setting)
+    elif family == "siglip":
+        loaded = _siglip(spec, path, device, dtype, setting)
+    else:
+        loaded = _text(settings, spec, family, path, device, dtype, setting)
+    log.info("loaded %s (%s) on %s as %s, dimension %d", spec.path, loaded.kind, device, dtype, loaded.dimension)
+    return loaded
+
+
+def _weights(auto_class: Any, path: Path, setting: str, source: str, **options: Any) -> Any:
+    """The model's weights, refusing a checkpoint that lacks some (random weights in their place)."""
+    model, info = auto_class.from_pretrained(path, output_loading_info=True, **options)
+    missing = [key for key in info.get("missing_keys", ()) if "lm_head" not in key]
+    if missing:
+        raise ModelUnavailable(
+            f"{setting}={source} is missing {len(missing)} weights (e.g. {missing[0]}); re-download the checkpoint."
+        )
+    return model
+
+
+def _qwen3_vl(settings: Settings, spec: ModelSpec, path: Path, device: Any, dtype: Any, setting: str) -> Any:
     from transformers import AutoModel, AutoProcessor
 
     from embedding_api.families.qwen3_vl import Qwen3VLFamily, VisionLimits
 
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    model, info = AutoModel.from_pretrained(
-        path, dtype=dtype, attn_implementation=best_attention(device), output_loading_info=True
-    )
-    missing = [key for key in info.get("missing_keys", ()) if "lm_head" not in key]
-    if missing:
-        raise ModelUnavailable(
-            f"MODEL_PATH={settings.model_path} is missing {len(missing)} weights (e.g. {missing[0]}); "
-            "re-download the checkpoint."
-        )
+    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device))
     model.to(device).eval()
-    processor = AutoProcessor.from_pretrained(path)
-    if device.type == "cpu":
-        torch.set_grad_enabled(False)
     limits = VisionLimits(
         min_pixels=settings.min_pixels,
         max_pixels=settings.max_pixels,
@@ -128,16 +168,41 @@ def load_family(settings: Settings) -> EmbeddingFamily:
         max_image_width=settings.max_image_width,
         max_image_height=settings.max_image_height,
     )
-    family = Qwen3VLFamily(
+    return Qwen3VLFamily(
         model,
-        processor,
+        AutoProcessor.from_pretrained(path),
         device=device,
-        default_instruction=settings.default_instruction,
-        max_length=settings.max_length,
+        default_instruction=spec.default_instruction or settings.default_instruction,
+        max_length=spec.max_length or settings.max_length,
         limits=limits,
         max_video_frames=settings.max_video_frames,
     )
-    log.info(
-        "loaded %s (%s) on %s as %s, dimension %d", settings.model_path, model_type, device, dtype, family.dimension
+
+
+def _siglip(spec: ModelSpec, path: Path, device: Any, dtype: Any, setting: str) -> Any:
+    from transformers import AutoModel, AutoProcessor
+
+    from embedding_api.families.siglip import SiglipFamily
+
+    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype)
+    model.to(device).eval()
+    return SiglipFamily(model, AutoProcessor.from_pretrained(path), device=device, text_length=spec.text_length)
+
+
+def _text(settings: Settings, spec: ModelSpec, family: str, path: Path, device: Any, dtype: Any, setting: str) -> Any:
+    from transformers import AutoModel, AutoTokenizer
+
+    from embedding_api.families.text_embedders import QWEN3_EMBEDDING, TextEmbedderFamily, hidden_state_recipe
+
+    recipe = QWEN3_EMBEDDING if family == "qwen3_embedding" else hidden_state_recipe(spec.layer, spec.pooling)
+    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype, attn_implementation="sdpa")
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return TextEmbedderFamily(
+        model,
+        tokenizer,
+        recipe,
+        device=device,
+        max_length=spec.max_length or settings.max_length,
+        default_instruction=spec.default_instruction,
     )
-    return family

@@ -75,6 +75,11 @@ def system_instruction(instruction: str | None, default: str) -> str:
 class Qwen3VLFamily:
     """The adapter: prepare on CPU, run on the device, finish on the host."""
 
+    kind = "qwen3_vl"
+    modalities = frozenset({"text", "image", "video", "fused"})
+    takes_instructions = True
+    matryoshka = True
+
     def __init__(
         self,
         model: Any,

@@ -54,14 +54,21 @@ def _metrics(runtime: Runtime) -> Metrics:
     """This app's metrics, reading the queue and the model from the runtime at scrape time."""
 
     def queue_depth() -> int:
-        return runtime.engine.queued_items if runtime.engine is not None else 0
+        return sum(model.engine.queued_items for model in runtime.models if model.engine is not None)
 
-    def model_info() -> ModelInfo | None:
-        family, settings = runtime.family, runtime.settings
-        if family is None:
-            return None
-        dimension = settings.embedding_dimension or family.dimension
-        return ModelInfo(name=settings.model_name, dimension=dimension, device=family.device, dtype=family.dtype)
+    def model_info() -> list[ModelInfo]:
+        return [
+            ModelInfo(
+                name=model.name,
+                dimension=model.service.defaults.dimensions or model.family.dimension,
+                device=model.family.device,
+                dtype=model.family.dtype,
+                family=model.family.kind,
+                queued=model.engine.queued_items,
+            )
+            for model in runtime.models
+            if model.family is not None and model.engine is not None and model.service is not None
+        ]
 
     metrics = Metrics(queue_depth=queue_depth, model_info=model_info)
     runtime.engine_observer = metrics

@@ -24,16 +24,17 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-def service_of(request: Request) -> EmbeddingService:
-    """The service, or the 503 that says why there is none yet (loading, failed, shutting down)."""
+def accepting(request: Request) -> Runtime:
+    """The runtime, once it can answer embeddings at all: else the 503 that says why (shutting down, a model that
+    failed to load, nothing loaded yet). Checked before the body is read."""
     runtime = runtime_of(request)
     if runtime.draining:
         raise ApiError(ErrorKind.SHUTTING_DOWN, "the server is shutting down; retry on another instance")
     if runtime.status == "error":
         raise ApiError(ErrorKind.NOT_READY, f"the model failed to load: {runtime.detail}", code="model_unavailable")
-    if not runtime.ready or runtime.service is None:
+    if not any(model.ready for model in runtime.models):
         raise ApiError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", code="model_loading")
-    return runtime.service
+    return runtime
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -60,13 +61,14 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, Result]) 
 
 
 async def run_embedding(
-    request: Request, service: EmbeddingService, raw_input: Any, options: EmbeddingOptions, model: str | None = None
+    request: Request, service: EmbeddingService, raw_input: Any, options: EmbeddingOptions
 ) -> Embeddings:
     """The use case, cancelled if the client leaves; its timings go to the request's log line and metrics."""
     record = current_request.get()
     if record is not None:
         record.work_started = time.perf_counter()
-    answer = await until_disconnect(request, service.embed(raw_input, options, model=model))
+        record.model = service.model_name
+    answer = await until_disconnect(request, service.embed(raw_input, options))
     if record is not None:
         record.tokens, record.queue_ms, record.inference_ms = answer.tokens, answer.queue_ms, answer.inference_ms
     return answer

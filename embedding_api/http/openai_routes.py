@@ -8,11 +8,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from embedding_api.http.body import openapi_body, read_json
-from embedding_api.http.dispatch import run_embedding, runtime_of, service_of, timing_headers
+from embedding_api.http.dispatch import accepting, run_embedding, runtime_of, timing_headers
 from embedding_api.http.encoding import embeddings_response
 from embedding_api.http.wire import ERROR_RESPONSES, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList
-from embedding_api.service.embeddings import check_served
-from embedding_api.service.runtime import Runtime
+from embedding_api.service.runtime import ServedModel
 
 router = APIRouter()
 _STARTED = int(time.time())
@@ -26,30 +25,38 @@ _STARTED = int(time.time())
 )
 async def create_embeddings(request: Request) -> Response:
     started = time.perf_counter()
-    service = service_of(request)
-    with service.admission():  # before the body is read: a refused request costs no memory
-        body = await read_json(request, service.settings, EmbeddingRequest)
+    runtime = accepting(request)
+    with runtime.admission.admit():  # before the body is read: a refused request costs no memory
+        body = await read_json(request, runtime.settings, EmbeddingRequest)
+        service = runtime.service_for(body.model)
         options = service.options(
             dimensions=body.dimensions, instruction=body.instruction, normalize=body.normalize, truncate=body.truncate
         )
-        answer = await run_embedding(request, service, body.input, options, model=body.model)
+        answer = await run_embedding(request, service, body.input, options)
     payload = embeddings_response(
         answer.vectors, encoding_format=body.encoding_format, model=service.model_name, prompt_tokens=answer.tokens
     )
     return Response(payload, media_type="application/json", headers=timing_headers(answer, started))
 
 
-def _model_card(runtime: Runtime) -> ModelCard:
-    return ModelCard(id=runtime.settings.model_name, created=_STARTED)
+def _model_card(model: ServedModel) -> ModelCard:
+    family = model.family
+    return ModelCard(
+        id=model.name,
+        created=_STARTED,
+        family=family.kind if family else None,
+        dimension=family.dimension if family else None,
+        modalities=sorted(family.modalities - {"fused"}) if family else None,
+        matryoshka=family.matryoshka if family else None,
+        status=model.status,
+    )
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[_model_card(runtime_of(request))])
+    return ModelList(data=[_model_card(model) for model in runtime_of(request).models])
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
 async def get_model(model_id: str, request: Request) -> ModelCard:
-    runtime = runtime_of(request)
-    check_served(model_id, runtime.settings.model_name)
-    return _model_card(runtime)
+    return _model_card(runtime_of(request).served(model_id))

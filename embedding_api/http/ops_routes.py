@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from embedding_api.http.dispatch import runtime_of
 from embedding_api.http.encoding import json_response
-from embedding_api.http.wire import Health
+from embedding_api.http.wire import Health, ModelHealth
 from embedding_api.observability.metrics import CONTENT_TYPE, METRICS_PATH, Metrics
 
 router = APIRouter()
@@ -30,10 +30,23 @@ async def health(request: Request) -> Response:
     note = runtime.random_weights_note
     if not keyed:  # /health is public: where the weights lie is for callers with a key only
         detail, note = _without_model_path(detail, settings.model_path), _without_model_path(note, settings.model_path)
+    first = runtime.first
+    models = [
+        ModelHealth(
+            name=model.name,
+            status=model.status,  # type: ignore[arg-type]
+            family=model.family.kind if model.family else None,
+            device=model.family.device if model.family else None,
+            dimension=model.family.dimension if model.family else None,
+            detail=model.detail if keyed else _without_model_path(model.detail, model.spec.path),
+        )
+        for model in runtime.models
+    ]
     payload = Health(
         status=status,  # type: ignore[arg-type]
-        model=settings.model_name,
-        model_path=settings.model_path if keyed else None,
+        model=first.name if first else settings.model_name,
+        models=models,
+        model_path=(first.spec.path if first else settings.model_path) if keyed else None,
         device=family.device if family else None,
         cuda_available=runtime.cuda_available,
         embedding_dimension=settings.embedding_dimension or (family.dimension if family else None),

@@ -21,7 +21,7 @@ from starlette.types import Message
 from embedding_api import __version__
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.http.body import openapi_body, read_body, read_json
-from embedding_api.http.dispatch import run_embedding, service_of, timing_headers
+from embedding_api.http.dispatch import accepting, run_embedding, runtime_of, timing_headers
 from embedding_api.http.wire import ERROR_RESPONSES
 from embedding_api.media.parse import is_url
 
@@ -78,10 +78,15 @@ def _renamed(error: ApiError, param: str) -> ApiError:
     return error
 
 
-async def _vectors(request: Request, raw_input: Any, param: str) -> tuple[np.ndarray, dict[str, str], str]:
-    """The service's vectors for this route's input, with the server's default options."""
+async def _vectors(
+    request: Request, raw_input: Any, param: str, purpose: str
+) -> tuple[np.ndarray, dict[str, str], str]:
+    """This route's model's vectors for its input, with the server's default options. `purpose` (text or image)
+    picks the model: TEXT_MODEL / IMAGE_MODEL, else the first served model that takes it."""
     started = time.perf_counter()
-    service = service_of(request)
+    runtime = runtime_of(request)
+    setting = runtime.settings.text_model if purpose == "text" else runtime.settings.image_model
+    service = runtime.service_for(runtime.name_for(purpose, setting))
     try:
         answer = await run_embedding(request, service, raw_input, service.options())
     except ApiError as error:
@@ -97,12 +102,12 @@ def _answer(key: str, value: np.ndarray, model: str, headers: dict[str, str]) ->
 
 @router.post("/embed/text", response_model=Embedding, responses=ERROR_RESPONSES, openapi_extra=openapi_body(TextBody))
 async def embed_text(request: Request) -> Response:
-    service = service_of(request)
-    with service.admission():  # before the body is read, as /v1/embeddings
-        body = await read_json(request, service.settings, TextBody)
+    runtime = accepting(request)
+    with runtime.admission.admit():  # before the body is read, as /v1/embeddings
+        body = await read_json(request, runtime.settings, TextBody)
         if not body.text:
             raise ApiError(ErrorKind.INVALID_REQUEST, "must not be empty", param="text")
-        matrix, headers, model = await _vectors(request, body.text, "text")
+        matrix, headers, model = await _vectors(request, body.text, "text", "text")
     return _answer("embedding", matrix[0], model, headers)
 
 
@@ -110,12 +115,12 @@ async def embed_text(request: Request) -> Response:
     "/embed/texts", response_model=Embeddings, responses=ERROR_RESPONSES, openapi_extra=openapi_body(TextsBody)
 )
 async def embed_texts(request: Request) -> Response:
-    service = service_of(request)
-    with service.admission():
-        body = await read_json(request, service.settings, TextsBody)
+    runtime = accepting(request)
+    with runtime.admission.admit():
+        body = await read_json(request, runtime.settings, TextsBody)
         if not body.texts:
             raise ApiError(ErrorKind.INVALID_REQUEST, "must not be empty", param="texts")
-        matrix, headers, model = await _vectors(request, list(body.texts), "texts")
+        matrix, headers, model = await _vectors(request, list(body.texts), "texts", "text")
     return _answer("embeddings", matrix, model, headers)
 
 
@@ -130,14 +135,14 @@ def _image_input(source: str) -> list[dict[str, str]]:
     openapi_extra=openapi_body(ImageBase64Body),
 )
 async def embed_image_base64(request: Request) -> Response:
-    service = service_of(request)
-    with service.admission():
-        body = await read_json(request, service.settings, ImageBase64Body)
+    runtime = accepting(request)
+    with runtime.admission.admit():
+        body = await read_json(request, runtime.settings, ImageBase64Body)
         if not body.image_base64:
             raise ApiError(ErrorKind.INVALID_REQUEST, "must not be empty", param="image_base64")
         if is_url(body.image_base64):
             raise ApiError(ErrorKind.INVALID_REQUEST, "must be base64 or a data URI, not a URL", param="image_base64")
-        matrix, headers, model = await _vectors(request, _image_input(body.image_base64), "image_base64")
+        matrix, headers, model = await _vectors(request, _image_input(body.image_base64), "image_base64", "image")
     return _answer("embedding", matrix[0], model, headers)
 
 
@@ -147,7 +152,7 @@ async def _uploaded_file(request: Request) -> bytes:
         raise ApiError(
             ErrorKind.INVALID_REQUEST, "send the image as multipart/form-data in a field named 'file'", param="file"
         )
-    settings = service_of(request).settings
+    settings = runtime_of(request).settings
     raw = bytes(await read_body(request, settings.max_request_bytes, settings.body_read_timeout))
     sent = False
 
@@ -176,8 +181,8 @@ async def _uploaded_file(request: Request) -> bytes:
 
 @router.post("/embed/image", response_model=Embedding, responses=ERROR_RESPONSES, openapi_extra=_MULTIPART_BODY)
 async def embed_image(request: Request) -> Response:
-    with service_of(request).admission():
+    with accepting(request).admission.admit():
         data = await _uploaded_file(request)
         source = base64.b64encode(data).decode("ascii")
-        matrix, headers, model = await _vectors(request, _image_input(source), "file")
+        matrix, headers, model = await _vectors(request, _image_input(source), "file", "image")
     return _answer("embedding", matrix[0], model, headers)

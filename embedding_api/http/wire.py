@@ -56,6 +56,11 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "embedding_api"
+    family: str | None = Field(None, description="qwen3_vl, qwen3_embedding, siglip, siglip2 or hidden_state.")
+    dimension: int | None = Field(None, description="Length of the model's full vectors.")
+    modalities: list[str] | None = Field(None, description="What one input may be: text, image, video.")
+    matryoshka: bool | None = Field(None, description="Whether `dimensions` may cut its vectors.")
+    status: str = Field("ok", description="loading, ok or error.")
 
 
 class ModelList(BaseModel):
@@ -84,9 +89,18 @@ ERROR_RESPONSES[429] = {
 }
 
 
+class ModelHealth(BaseModel):
+    name: str
+    status: Literal["ok", "loading", "error"]
+    family: str | None
+    device: str | None
+    dimension: int | None
+    detail: str | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok", "loading", "error", "draining"]
-    model: str
+    model: str = Field(description="The model that answers requests naming none (the first one served).")
     model_path: str | None = Field(description="MODEL_PATH; null unless the request carries an API key.")
     device: str | None
     cuda_available: bool
@@ -98,3 +112,4 @@ class Health(BaseModel):
         False, description="The checkpoint is randomly initialised (the demo): its vectors mean nothing."
     )
     note: str | None = Field(None, description="Something to know about what is served (e.g. random weights).")
+    models: list[ModelHealth] = Field(default_factory=list, description="Every served model; 200 only when all are ok.")

@@ -53,6 +53,7 @@ class RequestRecord:
     started: float = field(default_factory=time.perf_counter)
     route: str = "unmatched"
     status: int = 0
+    model: str | None = None  # the served model that answered
     modalities: Counter[str] = field(default_factory=Counter)
     tokens: int | None = None
     work_started: float | None = None  # the use case began (parsing, fetching, decoding, tokenising)
@@ -72,6 +73,7 @@ class RequestRecord:
             "method": self.method,
             "route": self.route,
             "status": self.status,
+            "model": self.model,
             "items": dict(sorted(self.modalities.items())),
             "tokens": self.tokens,
             "ms": round(total_ms, 2),
@@ -89,11 +91,12 @@ def log_request(record: RequestRecord, total_ms: float) -> None:
     items = ",".join(f"{name}:{count}" for name, count in fields["items"].items()) or "-"
     tokens = "-" if fields["tokens"] is None else fields["tokens"]
     logging.getLogger(ACCESS_LOGGER).info(
-        "request_id=%s method=%s route=%s status=%d items=%s tokens=%s ms=%.2f",
+        "request_id=%s method=%s route=%s status=%d model=%s items=%s tokens=%s ms=%.2f",
         fields["request_id"],
         fields["method"],
         fields["route"],
         fields["status"],
+        fields["model"] or "-",
         items,
         tokens,
         fields["ms"],

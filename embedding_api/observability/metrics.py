@@ -54,12 +54,14 @@ class ModelInfo:
     dimension: int
     device: str
     dtype: str
+    family: str = ""
+    queued: int = 0  # its items waiting for the device
 
 
 class _LiveState(Collector):
     """Read at scrape time: the queue depth and the served model (once loaded)."""
 
-    def __init__(self, queue_depth: Callable[[], int], model_info: Callable[[], ModelInfo | None]) -> None:
+    def __init__(self, queue_depth: Callable[[], int], model_info: Callable[[], list[ModelInfo]]) -> None:
         self._queue_depth = queue_depth
         self._model_info = model_info
 
@@ -68,12 +70,18 @@ class _LiveState(Collector):
         depth.add_metric([], self._queue_depth())
         yield depth
         info = GaugeMetricFamily(
-            f"{PREFIX}_model_info", "The served model (value 1).", labels=["name", "dimension", "device", "dtype"]
+            f"{PREFIX}_model_info",
+            "Each served model, once loaded (value 1).",
+            labels=["name", "dimension", "device", "dtype", "family"],
         )
-        model = self._model_info()
-        if model is not None:
-            info.add_metric([model.name, str(model.dimension), model.device, model.dtype], 1)
+        per_model = GaugeMetricFamily(
+            f"{PREFIX}_model_queue_depth", "Items waiting for the device, by model.", labels=["model"]
+        )
+        for model in self._model_info():
+            info.add_metric([model.name, str(model.dimension), model.device, model.dtype, model.family], 1)
+            per_model.add_metric([model.name], model.queued)
         yield info
+        yield per_model
 
 
 def modality_of(modalities: tuple[str, ...]) -> str:
@@ -89,7 +97,7 @@ class Metrics:
     def __init__(
         self,
         queue_depth: Callable[[], int] = lambda: 0,
-        model_info: Callable[[], ModelInfo | None] = lambda: None,
+        model_info: Callable[[], list[ModelInfo]] = list,
     ) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
@@ -97,6 +105,12 @@ class Metrics:
             f"{PREFIX}_requests",
             "HTTP requests by route template, method and status.",
             ["route", "method", "status"],
+            registry=registry,
+        )
+        self.model_requests = Counter(
+            f"{PREFIX}_model_requests",
+            "Embedding requests by the model that answered, and status.",
+            ["model", "status"],
             registry=registry,
         )
         self.request_seconds = Histogram(
@@ -178,6 +192,8 @@ class Metrics:
 
     def observe_request(self, record: RequestRecord, seconds: float) -> None:
         self.requests.labels(record.route, record.method, str(record.status)).inc()
+        if record.model is not None:
+            self.model_requests.labels(record.model, str(record.status)).inc()
         self.request_seconds.labels(record.route).observe(seconds)
         if not 200 <= record.status < 300:
             return

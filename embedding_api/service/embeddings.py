@@ -4,8 +4,7 @@ callers get vectors and decide how to write them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,22 +12,12 @@ import numpy as np
 
 from embedding_api.engine.batcher import Engine
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.items import item_instruction
+from embedding_api.families.base import EmbeddingFamily
+from embedding_api.items import blank_is_none, item_instruction
 from embedding_api.media.parse import ItemSpec, check_instruction, parse_input
 from embedding_api.media.resolve import MediaResolver
 from embedding_api.service.options import EmbeddingOptions, ServerDefaults
 from embedding_api.settings import Settings
-
-
-def check_served(model: str | None, served: str) -> None:
-    """A request naming a model (None: any) must name the one this server serves."""
-    if model is not None and model != served:
-        raise ApiError(
-            ErrorKind.MODEL_NOT_FOUND,
-            f"{model!r} is not served here; this server serves {served!r}",
-            param="model",
-            code="model_not_found",
-        )
 
 
 @dataclass
@@ -42,16 +31,28 @@ class Embeddings:
 
 
 class EmbeddingService:
-    def __init__(self, settings: Settings, engine: Engine, resolver: MediaResolver, defaults: ServerDefaults) -> None:
+    """One served model's embeddings: its engine, its media resolver, its defaults."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        resolver: MediaResolver,
+        defaults: ServerDefaults,
+        *,
+        name: str | None = None,
+        able: Callable[[frozenset[str]], list[str]] | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.resolver = resolver
         self.defaults = defaults
-        self.in_progress = 0
+        self.model_name = name or settings.model_name
+        self._able = able  # which served models can do something (for errors that name them)
 
     @property
-    def model_name(self) -> str:
-        return self.settings.model_name
+    def family(self) -> EmbeddingFamily:
+        return self.engine.family
 
     def options(
         self,
@@ -64,27 +65,16 @@ class EmbeddingService:
         """The request's options over the server's defaults (400 for a `dimensions` the model cannot give)."""
         if instruction is not None:
             check_instruction(instruction, self.settings.max_instruction_chars, "instruction")
+            if blank_is_none(instruction) and not self.family.takes_instructions:
+                raise self._cannot({"instruction"}, "takes no instruction", "instruction")
+        if dimensions is not None and not self.family.matryoshka and dimensions != self.family.dimension:
+            raise self._cannot({"dimensions"}, "was not trained to be cut (no Matryoshka `dimensions`)", "dimensions")
         return EmbeddingOptions.merged(
             self.defaults, dimensions=dimensions, instruction=instruction, normalize=normalize, truncate=truncate
         )
 
-    @contextmanager
-    def admission(self) -> Iterator[None]:
-        """One request in progress, bounded by MAX_CONCURRENT_REQUESTS: past it the caller is told to retry at once.
-
-        Entered before the request's body is read, so refused requests cost neither memory nor parsing.
-        """
-        if self.in_progress >= self.settings.max_concurrent_requests:
-            raise ApiError(ErrorKind.OVERLOADED, "the server is busy: too many requests in progress, retry shortly")
-        self.in_progress += 1
-        try:
-            yield
-        finally:
-            self.in_progress -= 1
-
-    async def embed(self, raw_input: Any, options: EmbeddingOptions, *, model: str | None = None) -> Embeddings:
-        """One request's `input` (admitted by the caller, see `admission`), bounded by REQUEST_TIMEOUT."""
-        check_served(model, self.model_name)
+    async def embed(self, raw_input: Any, options: EmbeddingOptions) -> Embeddings:
+        """One request's `input` (admitted by the caller), bounded by REQUEST_TIMEOUT."""
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 return await self._embed(raw_input, options)
@@ -92,6 +82,35 @@ class EmbeddingService:
             raise ApiError(
                 ErrorKind.TIMEOUT, f"the request took longer than REQUEST_TIMEOUT={self.settings.request_timeout:g} s"
             ) from None
+
+    def _cannot(self, needed: set[str], what: str, param: str) -> ApiError:
+        """A 400 for something this model cannot take, naming the served models that can."""
+        able = self._able(frozenset(needed)) if self._able else []
+        others = [name for name in able if name != self.model_name]
+        hint = f"; served models that can: {', '.join(others)}" if others else ""
+        return ApiError(
+            ErrorKind.UNSUPPORTED_INPUT,
+            f"model {self.model_name!r} ({self.family.kind}) {what}{hint}",
+            param=param,
+            code="unsupported_by_model",
+        )
+
+    def _check_capabilities(self, specs: list[ItemSpec]) -> None:
+        """Before any media is fetched: each input only holds what this model takes."""
+        family = self.family
+        for spec in specs:
+            wanted = [
+                ("image", bool(spec.images), "takes no images"),
+                ("video", bool(spec.videos), "takes no videos"),
+                ("text", bool(spec.texts), "takes no text"),
+                ("fused", spec.part_count > 1, "takes one part per input, not a fused input"),
+            ]
+            needed = {capability for capability, present, _ in wanted if present}
+            for capability, present, what in wanted:
+                if present and capability not in family.modalities:
+                    raise self._cannot(needed, what, spec.param)
+            if spec.instruction is not None and not family.takes_instructions:
+                raise self._cannot(needed | {"instruction"}, "takes no instruction", f"{spec.param}.instruction")
 
     async def _embed(self, raw_input: Any, options: EmbeddingOptions) -> Embeddings:
         settings = self.settings
@@ -104,6 +123,7 @@ class EmbeddingService:
             max_parts_per_item=settings.max_parts_per_item,
             max_instruction_chars=settings.max_instruction_chars,
         )
+        self._check_capabilities(specs)
         items = await self.resolver.resolve(specs)
         for item in items:
             item.instruction = item_instruction(item.instruction, options.instruction)

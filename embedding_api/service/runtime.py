@@ -1,4 +1,5 @@
-"""What the app holds while it runs: the loading state, the engine and the embeddings service."""
+"""What the app holds while it runs: the served models (each loading, ready or failed, with its own engine and
+service), the media client and the server-wide admission."""
 
 from __future__ import annotations
 
@@ -10,27 +11,63 @@ from typing import Any
 
 import httpx
 
+from embedding_api.catalog import CatalogError, ModelSpec, model_specs
 from embedding_api.engine.batcher import Budget, Engine, EngineObserver
+from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import EmbeddingFamily
 from embedding_api.families.device import cuda_available
 from embedding_api.families.loader import ModelUnavailable, has_random_weights, load_family
 from embedding_api.items import Item
-from embedding_api.media.fetch import FetchLimits, MediaFetcher, media_client
 from embedding_api.media.decode import MediaLimits
+from embedding_api.media.fetch import FetchLimits, MediaFetcher, media_client
 from embedding_api.media.resolve import MediaResolver
+from embedding_api.service.admission import Admission
 from embedding_api.service.embeddings import EmbeddingService
 from embedding_api.service.options import DefaultsError, ServerDefaults
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FamilyLoader = Callable[[Settings], EmbeddingFamily]
+FamilyLoader = Callable[[Settings, ModelSpec], EmbeddingFamily]
 UNHEALTHY_AFTER_FAILURES = 3
 CPU_BATCH_PIXELS = 8 * 512 * 512
 CPU_BATCH_TOKENS = 2048  # real tokens: the CPU runs padding-free batches
 GPU_BATCH_TOKENS = 16384
 GPU_BATCH_PIXELS = 64 * 512 * 512
 CANARY_TIMEOUT_S = 10.0
+# What an input or a request may ask of a model, and the family attribute that says whether it can.
+CAPABILITIES = ("text", "image", "video", "fused", "instruction", "dimensions")
+
+
+@dataclass
+class ServedModel:
+    """One model of the catalog: its state while loading, then its family, engine and service."""
+
+    spec: ModelSpec
+    status: str = "loading"
+    detail: str | None = None
+    random_weights: bool = False
+    family: EmbeddingFamily | None = None
+    engine: Engine | None = None
+    service: EmbeddingService | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ok" and self.service is not None
+
+    def can(self, capability: str) -> bool:
+        family = self.family
+        if family is None:
+            return False
+        if capability == "instruction":
+            return family.takes_instructions
+        if capability == "dimensions":
+            return family.matryoshka
+        return capability in family.modalities
 
 
 @dataclass
@@ -40,18 +77,21 @@ class Runtime:
     on_fatal: Callable[[str], None] | None = None
     engine_observer: EngineObserver | None = None  # metrics hooks (batches, queued items)
     on_media_fetched: Callable[[str, float, int], None] | None = None  # metrics hook (kind, seconds, bytes)
-    status: str = "loading"
     draining: bool = False  # set on SIGTERM: new requests get 503 while in-flight ones finish
-    detail: str | None = None
-    random_weights: bool = False  # MODEL_PATH is a checkpoint built by devtools.tiny_checkpoint (the demo)
-    family: EmbeddingFamily | None = None
-    engine: Engine | None = None
-    service: EmbeddingService | None = None
+    models: list[ServedModel] = field(default_factory=list)
     client: httpx.AsyncClient | None = None
+    catalog_error: str | None = None
     # The tasks of the HTTP requests in progress, and whether SHUTDOWN_TIMEOUT ran out (see expire_requests).
     requests: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     shutdown_expired: bool = False
     _load_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.settings.max_concurrent_requests)
+        try:
+            self.models = [ServedModel(spec) for spec in model_specs(self.settings)]
+        except CatalogError as exc:
+            self.catalog_error = str(exc)
 
     def expire_requests(self) -> None:
         """SHUTDOWN_TIMEOUT is running out: cancel the requests still in progress (each is answered 503)."""
@@ -63,13 +103,106 @@ class Runtime:
         for task in list(self.requests):
             task.cancel()
 
+    # ---- state of the whole server ---------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """error if any model failed, ok when every model is ready, else loading."""
+        if self.catalog_error is not None or any(model.status == "error" for model in self.models):
+            return "error"
+        return "ok" if self.models and all(model.ready for model in self.models) else "loading"
+
+    @property
+    def detail(self) -> str | None:
+        if self.catalog_error is not None:
+            return self.catalog_error
+        return next((model.detail for model in self.models if model.detail), None)
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def first(self) -> ServedModel | None:
+        """The model that answers requests naming none."""
+        return self.models[0] if self.models else None
+
+    @property
+    def family(self) -> EmbeddingFamily | None:
+        return self.first.family if self.first else None
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.first.engine if self.first else None
+
+    @property
+    def service(self) -> EmbeddingService | None:
+        return self.first.service if self.first else None
+
     @property
     def cuda_available(self) -> bool:
         return cuda_available()
 
     @property
-    def ready(self) -> bool:
-        return self.status == "ok" and self.service is not None
+    def random_weights(self) -> bool:
+        return any(model.random_weights for model in self.models)
+
+    @property
+    def random_weights_note(self) -> str | None:
+        marked = [model for model in self.models if model.random_weights]
+        if not marked:
+            return None
+        where = ", ".join(_path_setting(self.settings, model.spec) for model in marked)
+        return (
+            f"{where} {'holds' if len(marked) == 1 else 'hold'} RANDOM weights (a test checkpoint built by "
+            f"devtools): its vectors are meaningless, though served as "
+            f"{', '.join(repr(model.name) for model in marked)}"
+        )
+
+    # ---- which model answers ---------------------------------------------------------------------------------
+
+    def served(self, name: str | None) -> ServedModel:
+        """The model a request names (None: the first); 404 naming the served models when unknown."""
+        if not self.models:
+            raise ApiError(ErrorKind.NOT_READY, f"no model is served: {self.detail}", code="model_unavailable")
+        if name is None:
+            return self.models[0]
+        for model in self.models:
+            if model.name == name:
+                return model
+        names = ", ".join(repr(model.name) for model in self.models)
+        raise ApiError(
+            ErrorKind.MODEL_NOT_FOUND,
+            f"{name!r} is not served here; this server serves {names}",
+            param="model",
+            code="model_not_found",
+        )
+
+    def service_for(self, name: str | None) -> EmbeddingService:
+        """The named model's service, or the 503 that says why there is none (shutting down, loading, failed)."""
+        if self.draining:
+            raise ApiError(ErrorKind.SHUTTING_DOWN, "the server is shutting down; retry on another instance")
+        model = self.served(name)
+        if model.status == "error" or (self.catalog_error is not None):
+            raise ApiError(ErrorKind.NOT_READY, f"the model failed to load: {self.detail}", code="model_unavailable")
+        if not model.ready or model.service is None:
+            raise ApiError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", code="model_loading")
+        return model.service
+
+    def name_for(self, capability: str, setting: str | None) -> str | None:
+        """The model a fixed-purpose route uses: the one its setting names, else the first able to."""
+        if setting:
+            return setting
+        able = [model.name for model in self.models if model.can(capability)]
+        if able:
+            return able[0]
+        return None if any(not model.ready for model in self.models) else self.models[0].name
+
+    def able(self, capabilities: frozenset[str]) -> list[str]:
+        """Served models that can do all of these (for the 400 that says which can)."""
+        return [model.name for model in self.models if all(model.can(each) for each in capabilities)]
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
 
     def media_limits(self, family: EmbeddingFamily) -> MediaLimits:
         return MediaLimits(
@@ -84,75 +217,79 @@ class Runtime:
         return MediaFetcher(self.client, limits)
 
     async def start(self) -> None:
-        """Open the HTTP client and load the model in the background, so /health can answer 503 meanwhile."""
+        """Open the HTTP client and load the models in the background, so /health can answer 503 meanwhile."""
         self.client = media_client(FetchLimits.from_settings(self.settings))
-        self.random_weights = has_random_weights(self.settings.model_path)
+        if self.catalog_error is not None:
+            self._fail(self.catalog_error)
+            return
+        for model in self.models:
+            model.random_weights = has_random_weights(model.spec.path)
         if self.random_weights:
             log.warning("!!! %s !!!", self.random_weights_note)
-        self._load_task = asyncio.get_running_loop().create_task(self._load())
+        self._load_task = asyncio.get_running_loop().create_task(self._load_all())
 
-    @property
-    def random_weights_note(self) -> str | None:
-        if not self.random_weights:
-            return None
-        return (
-            f"MODEL_PATH={self.settings.model_path} holds RANDOM weights (a test checkpoint built by "
-            f"devtools.tiny_checkpoint): its vectors are meaningless, though served as {self.settings.model_name!r}"
-        )
+    async def _load_all(self) -> None:
+        for model in self.models:  # one at a time: loading is bound by disk and memory, not worth overlapping
+            await self._load(model)
+            if model.status == "error":
+                return
 
-    async def _load(self) -> None:
-        settings = self.settings
+    async def _load(self, model: ServedModel) -> None:
+        settings, spec = self.settings, model.spec
+        where = _path_setting(settings, spec)
         try:
-            family = await asyncio.to_thread(self.loader, settings)
+            family = await asyncio.to_thread(self.loader, settings, spec)
         except ModelUnavailable as exc:
-            self._fail(str(exc))
+            self._fail(str(exc), model)
             return
         except Exception as exc:  # a corrupt checkpoint or a wrong DEVICE: say it in one line
-            self._fail(f"loading the model from MODEL_PATH={settings.model_path} failed: {exc}")
+            self._fail(f"loading the model from {where} failed: {exc}", model)
             return
+        dimension = spec.embedding_dimension or (settings.embedding_dimension if family.matryoshka else None)
         try:
-            defaults = ServerDefaults.checked(family.dimension, settings.embedding_dimension, settings.model_path)
+            defaults = ServerDefaults.checked(family.dimension, dimension, spec.path)
         except DefaultsError as exc:
-            self._fail(str(exc))
+            self._fail(str(exc), model)
             return
         # On a CPU more than ~8 large images, or ~2,048 real tokens, per pass only adds latency (bench/vs_vllm.py,
         # docs/benchmarks.md); a GPU wants much bigger passes.
         on_gpu = family.device.startswith("cuda")
-        auto_tokens = GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS
-        auto_pixels = GPU_BATCH_PIXELS if on_gpu else CPU_BATCH_PIXELS
         budget = Budget(
-            settings.max_batch_tokens or auto_tokens, settings.max_batch_pixels or auto_pixels, settings.max_batch_size
+            spec.max_batch_tokens or settings.max_batch_tokens or (GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS),
+            spec.max_batch_pixels or settings.max_batch_pixels or (GPU_BATCH_PIXELS if on_gpu else CPU_BATCH_PIXELS),
+            spec.max_batch_size or settings.max_batch_size,
         )
         engine = Engine(family, budget, max_queued_items=settings.max_queued_items, observer=self.engine_observer)
         engine.start()
         assert self.client is not None
         resolver = MediaResolver(self.fetcher(), self.media_limits(family), on_fetched=self.on_media_fetched)
-        service = EmbeddingService(settings, engine, resolver, defaults)
+        service = EmbeddingService(settings, engine, resolver, defaults, name=spec.name, able=self.able)
         try:
             await engine.embed(await engine.prepare([Item(texts=["warm up"])]))
         except Exception as exc:  # a device fault or out-of-memory on the first forward pass
             await engine.stop()
-            self._fail(f"warming up the model from MODEL_PATH={settings.model_path} on {family.device} failed: {exc}")
+            self._fail(f"warming up the model from {where} on {family.device} failed: {exc}", model)
             return
-        self.family, self.engine, self.service = family, engine, service
-        self.status = "ok"
-        log.info("ready: serving %s on %s", settings.model_name, family.device)
+        model.family, model.engine, model.service = family, engine, service
+        model.status = "ok"
+        log.info("ready: serving %s (%s) on %s", spec.name, family.kind, family.device)
 
     async def engine_is_healthy(self) -> bool:
         """After repeated engine faults, a canary embedding decides; green health while every request fails is a lie."""
-        engine = self.engine
-        if engine is None or engine.consecutive_failures < UNHEALTHY_AFTER_FAILURES:
-            return True
-        try:
-            async with asyncio.timeout(CANARY_TIMEOUT_S):
-                await engine.embed(await engine.prepare([Item(texts=["health check"])]))
-        except Exception:
-            return False
+        for model in self.models:
+            engine = model.engine
+            if engine is None or engine.consecutive_failures < UNHEALTHY_AFTER_FAILURES:
+                continue
+            try:
+                async with asyncio.timeout(CANARY_TIMEOUT_S):
+                    await engine.embed(await engine.prepare([Item(texts=["health check"])]))
+            except Exception:
+                return False
         return True
 
-    def _fail(self, message: str) -> None:
-        self.status = "error"
-        self.detail = message
+    def _fail(self, message: str, model: ServedModel | None = None) -> None:
+        if model is not None:
+            model.status, model.detail = "error", message
         log.error(message)
         if self.on_fatal is not None:
             self.on_fatal(message)
@@ -160,7 +297,15 @@ class Runtime:
     async def stop(self) -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
-        if self.engine is not None:
-            await self.engine.stop()
+        for model in self.models:
+            if model.engine is not None:
+                await model.engine.stop()
         if self.client is not None:
             await self.client.aclose()
+
+
+def _path_setting(settings: Settings, spec: ModelSpec) -> str:
+    """How the operator named this model's weights: MODEL_PATH=... alone, else the model's name and path."""
+    if len(settings.models.strip()) == 0 and not settings.models_config:
+        return f"MODEL_PATH={spec.path}"
+    return f"model {spec.name!r} ({spec.path})"

@@ -1,0 +1,152 @@
+"""Text-only embedders on a decoder: Qwen3-Embedding, and any causal LM read at one of its hidden layers.
+
+Both tokenise the text (with the tokenizer's own special tokens: Qwen3-Embedding's appends its end-of-text token),
+run the model, pool one layer and L2-normalise:
+- Qwen3-Embedding (the model card's sentence-transformers usage): a query with an instruction is written
+  `Instruct: {instruction}\\nQuery:{text}`, a document as it is; the last token of the final (normed) layer;
+  Matryoshka `dimensions`.
+- a hidden-state embedder (the older image/text pair reused a causal LM this way): the text as it is, the mean over
+  real tokens (or the last token) of `hidden_states[layer]`, layer -2 by default; no instruction, no `dimensions`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.families import cpu_linear
+from embedding_api.families.base import Batch, FramePicker, PreparedItem, finish_vectors
+from embedding_api.families.frames import QwenFramePicker
+from embedding_api.items import Item
+
+Pooling = Literal["mean", "last"]
+QWEN3_QUERY_FORMAT = "Instruct: {instruction}\nQuery:{text}"
+
+
+@dataclass(frozen=True)
+class TextRecipe:
+    """What distinguishes one text embedder from another."""
+
+    kind: str  # the family's name in /v1/models
+    pooling: Pooling = "last"
+    layer: int | None = None  # None: the model's final output (after its last norm); else `hidden_states[layer]`
+    query_format: str | None = None  # with an instruction; None: instructions are not part of this model
+    matryoshka: bool = False  # trained so that leading dimensions stand alone (`dimensions` allowed)
+
+
+QWEN3_EMBEDDING = TextRecipe(kind="qwen3_embedding", pooling="last", query_format=QWEN3_QUERY_FORMAT, matryoshka=True)
+
+
+def hidden_state_recipe(layer: int = -2, pooling: Pooling = "mean") -> TextRecipe:
+    return TextRecipe(kind="hidden_state", pooling=pooling, layer=layer)
+
+
+class TextEmbedderFamily:
+    """The adapter: prepare (tokenise) on CPU, run on the device, finish on the host."""
+
+    modalities = frozenset({"text", "fused"})  # several text parts are read as one text
+    packs_sequences = False
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        recipe: TextRecipe,
+        *,
+        device: torch.device,
+        max_length: int,
+        default_instruction: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.recipe = recipe
+        self.kind = recipe.kind
+        self.takes_instructions = recipe.query_format is not None
+        self.matryoshka = recipe.matryoshka
+        self.torch_device = device
+        self.device = str(device)
+        self.model_dtype: torch.dtype = next(model.parameters()).dtype
+        self.dtype = str(self.model_dtype).removeprefix("torch.")
+        config = getattr(model.config, "text_config", model.config)
+        self.dimension = int(config.hidden_size)
+        self.max_length = max_length
+        self.default_instruction = default_instruction
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.frame_picker: FramePicker = QwenFramePicker()  # never used: no video reaches a text model
+        self._tokenizer_lock = threading.Lock()  # the fast tokenizer's truncation state is per object
+        cpu_linear.pack_linears(model)
+
+    # ---- prepare (CPU, per item) -------------------------------------------------------------------------
+
+    def text_of(self, item: Item) -> str:
+        """The string the model reads: the item's texts joined by a space, written as a query when instructed."""
+        text = " ".join(item.texts)
+        instruction = item.instruction or self.default_instruction
+        if instruction and self.recipe.query_format is not None:
+            return self.recipe.query_format.format(instruction=instruction.strip(), text=text)
+        return text
+
+    def prepare(self, item: Item) -> PreparedItem:
+        item.check_wanted()
+        if item.images or item.videos:
+            raise ApiError(ErrorKind.UNSUPPORTED_INPUT, f"this model ({self.kind}) takes text only")
+        text = self.text_of(item)[: self.max_length * 64]  # no token spans 64 characters: bounds tokenizer work
+        with self._tokenizer_lock:
+            ids: list[int] = self.tokenizer(text, truncation=False)["input_ids"]
+            if len(ids) > self.max_length:
+                if not item.truncate:
+                    raise ApiError(
+                        ErrorKind.INVALID_REQUEST,
+                        f"input is {len(ids)} tokens, above MAX_LENGTH={self.max_length}, and truncate is false",
+                        code="input_too_long",
+                    )
+                # cut as the tokenizer does (its special tokens, such as a trailing end-of-text, kept)
+                ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        return PreparedItem(payload=ids, tokens=len(ids), modalities=("text",))
+
+    # ---- collate (CPU, per batch) ------------------------------------------------------------------------
+
+    def collate(self, items: list[PreparedItem]) -> Batch:
+        counts = [len(item.payload) for item in items]
+        width = max(counts)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, item in enumerate(items):
+            input_ids[row, : counts[row]] = torch.tensor(item.payload, dtype=torch.long)
+            mask[row, : counts[row]] = 1
+        return Batch(tensors={"input_ids": input_ids, "attention_mask": mask}, token_counts=counts)
+
+    # ---- run (device) ------------------------------------------------------------------------------------
+
+    def run(self, batch: Batch) -> np.ndarray:
+        device = self.torch_device
+        recipe = self.recipe
+        with torch.inference_mode():
+            input_ids = batch.tensors["input_ids"].to(device, non_blocking=True)
+            mask = batch.tensors["attention_mask"].to(device, non_blocking=True)
+            output = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                output_hidden_states=recipe.layer is not None,
+                use_cache=False,
+            )
+            hidden = output.last_hidden_state if recipe.layer is None else output.hidden_states[recipe.layer]
+            hidden = hidden.float()
+            if recipe.pooling == "mean":
+                weights = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            else:  # right padding: the last real token of each row
+                last = mask.sum(dim=1) - 1
+                pooled = hidden[torch.arange(hidden.shape[0], device=device), last]
+            host: np.ndarray = pooled.cpu().numpy()
+            return host
+
+    # ---- finish (host) -----------------------------------------------------------------------------------
+
+    def finish(self, pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+        return finish_vectors(pooled, dimensions, normalize)
