@@ -195,7 +195,7 @@ def _text(settings: Settings, spec: ModelSpec, family: str, path: Path, device: 
     from embedding_api.families.text_embedders import QWEN3_EMBEDDING, TextEmbedderFamily, hidden_state_recipe
 
     recipe = QWEN3_EMBEDDING if family == "qwen3_embedding" else hidden_state_recipe(spec.layer, spec.pooling)
-    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype, attn_implementation="sdpa")
+    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device))
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return TextEmbedderFamily(

@@ -11,6 +11,7 @@ run the model, pool one layer and L2-normalise:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.families import cpu_linear
+from embedding_api.families import cpu_linear, packing, pooled_rows
 from embedding_api.families.base import Batch, FramePicker, PreparedItem, finish_vectors
 from embedding_api.families.frames import QwenFramePicker
 from embedding_api.items import Item
@@ -50,7 +51,6 @@ class TextEmbedderFamily:
     """The adapter: prepare (tokenise) on CPU, run on the device, finish on the host."""
 
     modalities = frozenset({"text", "fused"})  # several text parts are read as one text
-    packs_sequences = False
 
     def __init__(
         self,
@@ -79,6 +79,12 @@ class TextEmbedderFamily:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.frame_picker: FramePicker = QwenFramePicker()  # never used: no video reaches a text model
         self._tokenizer_lock = threading.Lock()  # the fast tokenizer's truncation state is per object
+        # Padding-free batches where the model runs with the packed attention (the CPU), padded rows otherwise.
+        self.packs_sequences = getattr(model.config, "_attn_implementation", None) == packing.ATTENTION
+        # Pooling the final layer's last token: that layer's MLP is needed for the pooled rows only.
+        self._pooled_rows_only = recipe.layer is None and recipe.pooling == "last" and hasattr(model, "layers")
+        if self._pooled_rows_only:
+            pooled_rows.wrap_last_mlp(model.layers)
         cpu_linear.pack_linears(model)
 
     # ---- prepare (CPU, per item) -------------------------------------------------------------------------
@@ -113,6 +119,10 @@ class TextEmbedderFamily:
 
     def collate(self, items: list[PreparedItem]) -> Batch:
         counts = [len(item.payload) for item in items]
+        if self.packs_sequences:  # one row of the real tokens, each sequence with its own positions
+            input_ids = torch.tensor([token for item in items for token in item.payload], dtype=torch.long)[None]
+            positions = torch.cat([torch.arange(count) for count in counts])[None]
+            return Batch(tensors={"input_ids": input_ids, "position_ids": positions}, token_counts=counts)
         width = max(counts)
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -124,29 +134,54 @@ class TextEmbedderFamily:
     # ---- run (device) ------------------------------------------------------------------------------------
 
     def run(self, batch: Batch) -> np.ndarray:
-        device = self.torch_device
-        recipe = self.recipe
         with torch.inference_mode():
-            input_ids = batch.tensors["input_ids"].to(device, non_blocking=True)
-            mask = batch.tensors["attention_mask"].to(device, non_blocking=True)
-            output = self.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                output_hidden_states=recipe.layer is not None,
-                use_cache=False,
-            )
-            hidden = output.last_hidden_state if recipe.layer is None else output.hidden_states[recipe.layer]
-            hidden = hidden.float()
-            if recipe.pooling == "mean":
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-            else:  # right padding: the last real token of each row
-                last = mask.sum(dim=1) - 1
-                pooled = hidden[torch.arange(hidden.shape[0], device=device), last]
-            host: np.ndarray = pooled.cpu().numpy()
-            return host
+            if self.packs_sequences:
+                return self._run_packed(batch)
+            return self._run_padded(batch)
+
+    def _forward(self, rows: torch.Tensor | None, **inputs: torch.Tensor) -> torch.Tensor:
+        layer = self.recipe.layer
+        context = pooled_rows.pooled_rows(rows) if rows is not None and self._pooled_rows_only else _no_context()
+        with context:
+            output = self.model(**inputs, output_hidden_states=layer is not None, use_cache=False)
+        hidden: torch.Tensor = output.last_hidden_state if layer is None else output.hidden_states[layer]
+        return hidden.float()
+
+    def _run_packed(self, batch: Batch) -> np.ndarray:
+        device = self.torch_device
+        counts = batch.token_counts
+        input_ids = batch.tensors["input_ids"].to(device)
+        position_ids = batch.tensors["position_ids"].to(device)
+        ends = torch.tensor(counts, device=device).cumsum(0)
+        with packing.packed_sequences(packing.sequence_bounds(counts)):
+            hidden = self._forward(ends - 1, input_ids=input_ids, position_ids=position_ids)[0]
+        if self.recipe.pooling == "mean":
+            pooled = torch.stack([part.mean(dim=0) for part in torch.split(hidden, counts)])
+        else:
+            pooled = hidden[ends - 1]
+        host: np.ndarray = pooled.cpu().numpy()
+        return host
+
+    def _run_padded(self, batch: Batch) -> np.ndarray:
+        device = self.torch_device
+        input_ids = batch.tensors["input_ids"].to(device, non_blocking=True)
+        mask = batch.tensors["attention_mask"].to(device, non_blocking=True)
+        last = mask.sum(dim=1) - 1  # right padding: the last real token of each row
+        rows = torch.arange(mask.shape[0], device=device) * mask.shape[1] + last
+        hidden = self._forward(rows, input_ids=input_ids, attention_mask=mask)
+        if self.recipe.pooling == "mean":
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        else:
+            pooled = hidden.reshape(-1, hidden.shape[-1])[rows]
+        host: np.ndarray = pooled.cpu().numpy()
+        return host
 
     # ---- finish (host) -----------------------------------------------------------------------------------
 
     def finish(self, pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
         return finish_vectors(pooled, dimensions, normalize)
+
+
+def _no_context() -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from embedding_api.errors import ApiError
+from embedding_api.families import packing
 from embedding_api.families.text_embedders import QWEN3_EMBEDDING, TextEmbedderFamily, hidden_state_recipe
 from embedding_api.items import Item
 from tests.support.families import (
@@ -27,8 +28,9 @@ TEXTS = [
 ]
 
 
-def _family(path: Path, recipe: object, max_length: int = 8192) -> TextEmbedderFamily:
-    model = AutoModel.from_pretrained(path).eval()
+def _family(path: Path, recipe: object, max_length: int = 8192, *, packed: bool = False) -> TextEmbedderFamily:
+    attention = packing.register() if packed else "sdpa"  # packed: padding-free batches, as on the CPU server
+    model = AutoModel.from_pretrained(path, attn_implementation=attention).eval()
     return TextEmbedderFamily(
         model, AutoTokenizer.from_pretrained(path), recipe, device=torch.device("cpu"), max_length=max_length
     )
@@ -120,3 +122,20 @@ def test_images_are_refused(family_dirs: dict[str, Path]) -> None:
     with pytest.raises(ApiError) as refused:
         family.prepare(Item(images=[Image.new("RGB", (8, 8))]))
     assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("kind", ["qwen3_embedding", "causal_lm"])
+def test_padding_free_batches_equal_the_oracle_and_one_by_one(family_dirs: dict[str, Path], kind: str) -> None:
+    path = family_dirs[kind]
+    recipe = QWEN3_EMBEDDING if kind == "qwen3_embedding" else hidden_state_recipe()
+    family = _family(path, recipe, packed=True)
+    assert family.packs_sequences
+    items = [Item(texts=[text]) for text in TEXTS]
+    together = _embed(family, items)
+    if kind == "qwen3_embedding":
+        expected = sentence_transformers_vectors(path, TEXTS, query=False)
+    else:
+        expected = hidden_state_vectors(path, TEXTS, layer=-2, pooling="mean")
+    np.testing.assert_allclose(together, expected, atol=1e-5)
+    alone = np.concatenate([_embed(family, [item]) for item in items])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
