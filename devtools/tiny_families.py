@@ -205,6 +205,26 @@ def build_siglip(out_dir: str | Path, *, naflex: bool = False, seed: int = 3) ->
     return out
 
 
+def build_vl_reranker(out_dir: str | Path, seed: int = 4) -> Path:
+    """A Qwen3-VL-Reranker-shaped checkpoint: the released layout (with its LM head) and a tokenizer whose `yes` and
+    `no` are single tokens. The folder's name must say "reranker" (that is how the server tells it from an
+    embedder), or the model is given `family = "qwen3_vl_reranker"`."""
+    from transformers import AutoProcessor
+
+    from devtools.tiny_checkpoint import TinySpec, build_tiny_checkpoint
+
+    out = build_tiny_checkpoint(out_dir, TinySpec(layout="released", seed=seed))
+    processor = AutoProcessor.from_pretrained(out)
+    tokenizer = processor.tokenizer
+    missing = [
+        word for word in ("yes", "no") if tokenizer.convert_tokens_to_ids(word) in (None, tokenizer.unk_token_id)
+    ]
+    if missing:
+        tokenizer.add_tokens(missing)  # the config's vocabulary has headroom for them
+        processor.save_pretrained(out)
+    return out
+
+
 def build_all(out_dir: str | Path) -> dict[str, Path]:
     root = Path(out_dir)
     return {
@@ -212,6 +232,7 @@ def build_all(out_dir: str | Path) -> dict[str, Path]:
         "causal_lm": build_causal_lm(root / "causal-lm"),
         "siglip": build_siglip(root / "siglip"),
         "siglip2": build_siglip(root / "siglip2", naflex=True),
+        "vl_reranker": build_vl_reranker(root / "vl-reranker"),
     }
 
 

@@ -51,6 +51,7 @@ class Item:
     videos: list[VideoClip] = field(default_factory=list)
     instruction: str | None = None
     truncate: bool = True  # shorten over-long text to fit (the recipe); False: refuse it instead
+    document: Item | None = None  # for a reranker: the document scored against this item (the query)
     # Set when the request is cancelled or times out: CPU work on the item stops at its next check.
     abandoned: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 

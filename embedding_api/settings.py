@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     )
     max_inputs_per_request: int = Field(2048, ge=1, description="Most items in one request's `input`.")
     max_text_chars: int = Field(1_000_000, ge=1, description="Longest single text (characters); past it, 400.")
+    max_rerank_documents: int = Field(1000, ge=1, description="Most documents in one rerank request; past it, 400.")
     max_tokens_per_request: int = Field(
         300_000, ge=1, description="Most tokens in one request (after truncation); past it, 400."
     )

@@ -45,7 +45,8 @@ class Batch:
 class EmbeddingFamily(Protocol):
     """What the engine needs from a model family."""
 
-    kind: str  # the family's name: qwen3_vl, qwen3_embedding, siglip, siglip2, hidden_state
+    kind: str  # the family's name: qwen3_vl, qwen3_embedding, siglip, siglip2, hidden_state, qwen3_vl_reranker
+    task: str  # embed, or rerank (pairs in, one score each)
     modalities: frozenset[str]  # what one input may hold: text, image, video, and fused (several parts)
     takes_instructions: bool  # an instruction changes the vector
     matryoshka: bool  # trained so that leading dimensions stand alone: `dimensions` allowed

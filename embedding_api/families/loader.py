@@ -99,7 +99,8 @@ def detect_family(path: Path) -> str | None:
         config = json.load(handle)
     model_type = str(config.get("model_type", ""))
     if model_type == "qwen3_vl":
-        return "qwen3_vl"
+        # the reranker's checkpoint is laid out as the embedder's: its name tells them apart (or `family`)
+        return "qwen3_vl_reranker" if "reranker" in path.resolve().name.lower() else "qwen3_vl"
     if model_type in ("siglip", "siglip2"):
         return "siglip"
     pooling = path / "1_Pooling" / "config.json"
@@ -135,6 +136,8 @@ def load_family(settings: Settings, spec: ModelSpec | None = None) -> EmbeddingF
     loaded: EmbeddingFamily
     if family == "qwen3_vl":
         loaded = _qwen3_vl(settings, spec, path, device, dtype, setting)
+    elif family == "qwen3_vl_reranker":
+        loaded = _qwen3_vl_reranker(settings, spec, path, device, dtype, setting)
     elif family == "siglip":
         loaded = _siglip(spec, path, device, dtype, setting)
     else:
@@ -177,6 +180,46 @@ def _qwen3_vl(settings: Settings, spec: ModelSpec, path: Path, device: Any, dtyp
         limits=limits,
         max_video_frames=settings.max_video_frames,
     )
+
+
+def _vision_limits(settings: Settings) -> Any:
+    from embedding_api.families.qwen3_vl import VisionLimits
+
+    return VisionLimits(
+        min_pixels=settings.min_pixels,
+        max_pixels=settings.max_pixels,
+        max_image_size=settings.max_image_size,
+        max_image_width=settings.max_image_width,
+        max_image_height=settings.max_image_height,
+    )
+
+
+def _qwen3_vl_reranker(settings: Settings, spec: ModelSpec, path: Path, device: Any, dtype: Any, setting: str) -> Any:
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from embedding_api.families.qwen3_vl_reranker import Qwen3VLRerankerFamily, score_weight
+
+    model = _weights(
+        Qwen3VLForConditionalGeneration,
+        path,
+        setting,
+        spec.path,
+        dtype=dtype,
+        attn_implementation=best_attention(device),
+    )
+    model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    weight = score_weight(model.lm_head.weight, processor.tokenizer)
+    options: dict[str, Any] = {
+        "device": device,
+        "limits": _vision_limits(settings),
+        "max_video_frames": settings.max_video_frames,
+    }
+    if spec.default_instruction:
+        options["default_instruction"] = spec.default_instruction
+    if spec.max_length:
+        options["max_length"] = spec.max_length
+    return Qwen3VLRerankerFamily(model.model, processor, weight, **options)
 
 
 def _siglip(spec: ModelSpec, path: Path, device: Any, dtype: Any, setting: str) -> Any:

@@ -76,6 +76,7 @@ class Qwen3VLFamily:
     """The adapter: prepare on CPU, run on the device, finish on the host."""
 
     kind = "qwen3_vl"
+    task = "embed"
     modalities = frozenset({"text", "image", "video", "fused"})
     takes_instructions = True
     matryoshka = True
@@ -224,6 +225,12 @@ class Qwen3VLFamily:
     ) -> tuple[str, int]:
         """The rendered prompt, and the tokens the model will see: each placeholder expanded as the processor does."""
         prompt = self._render(instruction, texts, len(images), len(videos))
+        return prompt, self._count_rendered(prompt, images, videos)
+
+    def _count_rendered(
+        self, prompt: str, images: list[Image.Image], videos: list[tuple[torch.Tensor, dict[str, Any]]]
+    ) -> int:
+        """Tokens the model will see for a rendered prompt and its visual inputs."""
         # The system block ends with a special token, where the tokenizer splits anyway: its count is cached, so an
         # instruction shared by many items (or requests) is tokenised once.
         split = prompt.find(self._end_of_turn) + len(self._end_of_turn) if self._end_of_turn in prompt else 0
@@ -237,7 +244,7 @@ class Qwen3VLFamily:
             # and end stay); each stamp sits between special tokens, so it is tokenised on its own
             stamps = sum(self._count_tokens(f"<{t:.1f} seconds>") for t in self._timestamps(metadata))
             count += stamps + groups * (per_group + 2) - 1
-        return prompt, count
+        return count
 
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0

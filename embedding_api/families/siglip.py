@@ -27,6 +27,7 @@ class SiglipFamily:
     """The adapter: prepare (processor, per item) on CPU, run on the device, finish on the host."""
 
     modalities = frozenset({"text", "image"})
+    task = "embed"
     packs_sequences = False
     takes_instructions = False
     matryoshka = False

@@ -51,6 +51,7 @@ class TextEmbedderFamily:
     """The adapter: prepare (tokenise) on CPU, run on the device, finish on the host."""
 
     modalities = frozenset({"text", "fused"})  # several text parts are read as one text
+    task = "embed"
 
     def __init__(
         self,

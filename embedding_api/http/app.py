@@ -21,6 +21,7 @@ from embedding_api.http.middleware import ObservingMiddleware, ShutdownDeadlineM
 from embedding_api.http.openai_routes import router as openai_router
 from embedding_api.http.ops_routes import router as ops_router
 from embedding_api.http.playground import router as playground_router
+from embedding_api.http.rerank_routes import router as rerank_router
 from embedding_api.http.seed_routes import router as seed_router
 from embedding_api.observability.metrics import METRICS_PATH, Metrics, ModelInfo
 from embedding_api.service.runtime import FamilyLoader, Runtime
@@ -115,6 +116,7 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(ops_router)
+    app.include_router(rerank_router)
     app.include_router(seed_router)
     app.include_router(playground_router)
     return app

@@ -85,7 +85,7 @@ class EmbeddingService:
 
     def _cannot(self, needed: set[str], what: str, param: str) -> ApiError:
         """A 400 for something this model cannot take, naming the served models that can."""
-        able = self._able(frozenset(needed)) if self._able else []
+        able = self._able(frozenset(needed | {"embed"})) if self._able else []
         others = [name for name in able if name != self.model_name]
         hint = f"; served models that can: {', '.join(others)}" if others else ""
         return ApiError(

@@ -24,6 +24,7 @@ from embedding_api.media.resolve import MediaResolver
 from embedding_api.service.admission import Admission
 from embedding_api.service.embeddings import EmbeddingService
 from embedding_api.service.options import DefaultsError, ServerDefaults
+from embedding_api.service.rerank import RerankService
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ServedModel:
     family: EmbeddingFamily | None = None
     engine: Engine | None = None
     service: EmbeddingService | None = None
+    reranker: RerankService | None = None  # a reranker model has this instead of `service`
 
     @property
     def name(self) -> str:
@@ -57,12 +59,14 @@ class ServedModel:
 
     @property
     def ready(self) -> bool:
-        return self.status == "ok" and self.service is not None
+        return self.status == "ok" and (self.service is not None or self.reranker is not None)
 
     def can(self, capability: str) -> bool:
         family = self.family
         if family is None:
             return False
+        if capability in ("embed", "rerank"):
+            return family.task == capability
         if capability == "instruction":
             return family.takes_instructions
         if capability == "dimensions":
@@ -178,22 +182,57 @@ class Runtime:
             code="model_not_found",
         )
 
-    def service_for(self, name: str | None) -> EmbeddingService:
-        """The named model's service, or the 503 that says why there is none (shutting down, loading, failed)."""
+    def _ready_model(self, name: str | None) -> ServedModel:
+        """The named model once ready, or the 503 that says why not (shutting down, loading, failed)."""
         if self.draining:
             raise ApiError(ErrorKind.SHUTTING_DOWN, "the server is shutting down; retry on another instance")
         model = self.served(name)
         if model.status == "error" or (self.catalog_error is not None):
             raise ApiError(ErrorKind.NOT_READY, f"the model failed to load: {self.detail}", code="model_unavailable")
-        if not model.ready or model.service is None:
+        if not model.ready:
             raise ApiError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", code="model_loading")
+        return model
+
+    def _wrong_task(self, model: ServedModel, task: str) -> ApiError:
+        able = ", ".join(self.able(frozenset({task}))) or "none"
+        what = "embeds and does not rerank" if task == "rerank" else "is a reranker and does not embed"
+        return ApiError(
+            ErrorKind.INVALID_REQUEST,
+            f"model {model.name!r} {what}; served models that {task}: {able}",
+            param="model",
+            code="wrong_model_task",
+        )
+
+    def service_for(self, name: str | None) -> EmbeddingService:
+        """The named (or first embedding) model's embedding service."""
+        if name is None:
+            name = next((m.name for m in self.models if m.spec.family != "qwen3_vl_reranker" and m.can("embed")), None)
+        model = self._ready_model(name)
+        if model.service is None:
+            raise self._wrong_task(model, "embed")
         return model.service
+
+    def reranker_for(self, name: str | None) -> RerankService:
+        """The named (or first) reranker's service."""
+        if name is None:
+            name = next((m.name for m in self.models if m.can("rerank")), None)
+            if name is None and all(m.ready for m in self.models):
+                raise ApiError(
+                    ErrorKind.INVALID_REQUEST,
+                    "no reranker is served here; add one to MODELS (e.g. Qwen3-VL-Reranker-2B)",
+                    param="model",
+                    code="wrong_model_task",
+                )
+        model = self._ready_model(name)
+        if model.reranker is None:
+            raise self._wrong_task(model, "rerank")
+        return model.reranker
 
     def name_for(self, capability: str, setting: str | None) -> str | None:
         """The model a fixed-purpose route uses: the one its setting names, else the first able to."""
         if setting:
             return setting
-        able = [model.name for model in self.models if model.can(capability)]
+        able = [model.name for model in self.models if model.can(capability) and model.can("embed")]
         if able:
             return able[0]
         return None if any(not model.ready for model in self.models) else self.models[0].name
@@ -263,14 +302,19 @@ class Runtime:
         engine.start()
         assert self.client is not None
         resolver = MediaResolver(self.fetcher(), self.media_limits(family), on_fetched=self.on_media_fetched)
-        service = EmbeddingService(settings, engine, resolver, defaults, name=spec.name, able=self.able)
+        service: EmbeddingService | None = None
+        reranker: RerankService | None = None
+        if family.task == "rerank":
+            reranker = RerankService(settings, engine, resolver, name=spec.name)
+        else:
+            service = EmbeddingService(settings, engine, resolver, defaults, name=spec.name, able=self.able)
         try:
-            await engine.embed(await engine.prepare([Item(texts=["warm up"])]))
+            await engine.embed(await engine.prepare([_canary("warm up", family)]))
         except Exception as exc:  # a device fault or out-of-memory on the first forward pass
             await engine.stop()
             self._fail(f"warming up the model from {where} on {family.device} failed: {exc}", model)
             return
-        model.family, model.engine, model.service = family, engine, service
+        model.family, model.engine, model.service, model.reranker = family, engine, service, reranker
         model.status = "ok"
         log.info("ready: serving %s (%s) on %s", spec.name, family.kind, family.device)
 
@@ -282,7 +326,7 @@ class Runtime:
                 continue
             try:
                 async with asyncio.timeout(CANARY_TIMEOUT_S):
-                    await engine.embed(await engine.prepare([Item(texts=["health check"])]))
+                    await engine.embed(await engine.prepare([_canary("health check", engine.family)]))
             except Exception:
                 return False
         return True
@@ -302,6 +346,11 @@ class Runtime:
                 await model.engine.stop()
         if self.client is not None:
             await self.client.aclose()
+
+
+def _canary(text: str, family: EmbeddingFamily) -> Item:
+    """A tiny input the model can take: a text, or a text pair for a reranker."""
+    return Item(texts=[text], document=Item(texts=[text]) if family.task == "rerank" else None)
 
 
 def _path_setting(settings: Settings, spec: ModelSpec) -> str:

@@ -3,54 +3,25 @@ equal its own oracle, requests are routed by `model`, and inputs a model cannot 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from openai import OpenAI
 
-from embedding_api.http.app import create_app
-from tests.conftest import API_KEY, b64, free_port, image_bytes, make_image, make_settings
+from tests.conftest import API_KEY, b64, image_bytes, make_image
 from tests.support.families import (
     QWEN3_TASK,
     hidden_state_vectors,
     sentence_transformers_vectors,
     siglip_vectors,
 )
+from tests.support.live import Server
 
 pytestmark = pytest.mark.slow
 TEXTS = ["a photo of a cat", "the quarterly report was late again", "x"]
-
-
-class Server:
-    def __init__(self, **overrides: object) -> None:
-        self.port = free_port()
-        settings = make_settings("unused", **overrides)
-        self.app = create_app(settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("the server did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

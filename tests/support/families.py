@@ -11,7 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from devtools.tiny_families import QWEN3_QUERY_PROMPT, build_causal_lm, build_qwen3_embedding, build_siglip
+from devtools.tiny_families import (
+    QWEN3_QUERY_PROMPT,
+    build_causal_lm,
+    build_qwen3_embedding,
+    build_siglip,
+    build_vl_reranker,
+)
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +28,7 @@ def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "causal_lm": build_causal_lm(root / "causal-lm"),
         "siglip": build_siglip(root / "siglip"),
         "siglip2": build_siglip(root / "siglip2", naflex=True),
+        "vl_reranker": build_vl_reranker(root / "vl-reranker"),
     }
 
 

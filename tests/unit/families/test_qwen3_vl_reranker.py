@@ -1,0 +1,111 @@
+"""Qwen3-VL-Reranker against the recipe's own scoring (tests/support/reference_reranker.py): one pair per forward
+pass there, batched pairs here; every modality on either side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedding_api.catalog import ModelSpec
+from embedding_api.errors import ApiError
+from embedding_api.families.loader import load_family
+from embedding_api.families.qwen3_vl_reranker import Qwen3VLRerankerFamily
+from embedding_api.items import Item, VideoClip
+from embedding_api.settings import Settings
+from tests.support.reference_recipe import RefItem
+from tests.support.reference_reranker import reference_rerank
+
+
+def _image(width: int, height: int, seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def reranker(family_dirs: dict[str, Path]) -> Qwen3VLRerankerFamily:
+    family = load_family(
+        Settings(_env_file=None, device="cpu"), ModelSpec(name="rr", path=str(family_dirs["vl_reranker"]))
+    )
+    assert isinstance(family, Qwen3VLRerankerFamily)
+    return family
+
+
+def _item(ref: RefItem) -> Item:
+    videos = [VideoClip(frames=list(video)) for video in ref.videos if not isinstance(video, str)]
+    return Item(texts=list(ref.texts), images=list(ref.images), videos=videos)
+
+
+def _scores(family: Qwen3VLRerankerFamily, query: RefItem, documents: list[RefItem], **options: object) -> np.ndarray:
+    pairs = []
+    for document in documents:
+        pair = _item(query)
+        pair.instruction = options.get("instruction")  # type: ignore[assignment]
+        pair.document = _item(document)
+        pairs.append(pair)
+    prepared = [family.prepare(pair) for pair in pairs]
+    return family.score(family.run(family.collate(prepared)))
+
+
+DOCUMENTS = [
+    RefItem(texts=["a cat is a small furry animal that purrs"]),
+    RefItem(images=[_image(48, 40, 1)]),
+    RefItem(texts=["a caption"], images=[_image(64, 32, 2)]),  # fused
+    RefItem(videos=[[_image(48, 48, 3 + i) for i in range(4)]]),  # video frames
+    RefItem(texts=["x"]),
+]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        RefItem(texts=["what is a cat"]),
+        RefItem(images=[_image(40, 60, 9)]),
+        RefItem(texts=["this"], images=[_image(32, 32, 8)]),
+    ],
+    ids=["text", "image", "fused"],
+)
+def test_scores_equal_the_recipe_for_every_modality(
+    reranker: Qwen3VLRerankerFamily, family_dirs: dict[str, Path], query: RefItem
+) -> None:
+    expected = reference_rerank(family_dirs["vl_reranker"], query, DOCUMENTS)
+    ours = _scores(reranker, query, DOCUMENTS)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    assert np.all((ours > 0) & (ours < 1))
+
+
+def test_an_instruction_changes_the_scores_as_the_recipe_does(
+    reranker: Qwen3VLRerankerFamily, family_dirs: dict[str, Path]
+) -> None:
+    query = RefItem(texts=["what is a cat"])
+    instruction = "Find pictures of pets"
+    expected = reference_rerank(family_dirs["vl_reranker"], query, DOCUMENTS, instruction=instruction)
+    ours = _scores(reranker, query, DOCUMENTS, instruction=instruction)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    assert np.abs(ours - _scores(reranker, query, DOCUMENTS)).max() > 1e-4
+
+
+def test_batched_pairs_equal_one_by_one(reranker: Qwen3VLRerankerFamily) -> None:
+    query = RefItem(texts=["what is a cat"])
+    together = _scores(reranker, query, DOCUMENTS)
+    alone = np.concatenate([_scores(reranker, query, [document]) for document in DOCUMENTS])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_a_long_document_is_cut_keeping_the_template_tail_or_refused(reranker: Qwen3VLRerankerFamily) -> None:
+    short = Qwen3VLRerankerFamily.__new__(Qwen3VLRerankerFamily)
+    short.__dict__.update(reranker.__dict__)
+    short.max_length = 260
+    query = Item(texts=["what is a cat"])
+    query.document = Item(texts=["a cat is a small furry animal " * 60])
+    prepared = short.prepare(query)
+    assert 200 < prepared.tokens <= 260
+    assert prepared.payload.text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert 0 < short.score(short.run(short.collate([prepared])))[0] < 1
+    refused = Item(texts=["what is a cat"], truncate=False)
+    refused.document = Item(texts=["a cat is a small furry animal " * 60])
+    with pytest.raises(ApiError) as error:
+        short.prepare(refused)
+    assert error.value.status == 400 and error.value.code == "input_too_long"
