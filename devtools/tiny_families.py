@@ -205,15 +205,18 @@ def build_siglip(out_dir: str | Path, *, naflex: bool = False, seed: int = 3) ->
     return out
 
 
-def build_vl_reranker(out_dir: str | Path, seed: int = 4) -> Path:
+def build_vl_reranker(out_dir: str | Path, seed: int = 4, *, small: bool = False) -> Path:
     """A Qwen3-VL-Reranker-shaped checkpoint: the released layout (with its LM head) and a tokenizer whose `yes` and
     `no` are single tokens. The folder's name must say "reranker" (that is how the server tells it from an
     embedder), or the model is given `family = "qwen3_vl_reranker"`."""
     from transformers import AutoProcessor
 
-    from devtools.tiny_checkpoint import TinySpec, build_tiny_checkpoint
+    from dataclasses import replace
 
-    out = build_tiny_checkpoint(out_dir, TinySpec(layout="released", seed=seed))
+    from devtools.tiny_checkpoint import SMALL_SPEC, TinySpec, build_tiny_checkpoint
+
+    spec = replace(SMALL_SPEC, layout="released", seed=seed) if small else TinySpec(layout="released", seed=seed)
+    out = build_tiny_checkpoint(out_dir, spec)
     processor = AutoProcessor.from_pretrained(out)
     tokenizer = processor.tokenizer
     missing = [

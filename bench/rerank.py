@@ -1,0 +1,111 @@
+"""Rerank throughput: 1 query x 64 text documents per request, this server against the official one-pair-per-pass
+loop in-process, on the same random Qwen3-VL-Reranker-shaped checkpoint (the `small` shape: 512 hidden, 8 layers).
+
+The official loop is written here as the recipe describes `Qwen3VLReranker.process` (one chat per pair, the
+processor, the released model's full logits, `sigmoid(yes - no)` at the last position), float32, 2 threads.
+Run: `python -m bench.rerank` (`make bench-rerank`); writes docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import httpx
+import numpy as np
+import torch
+
+from bench.common import CACHE, ServerProcess, machine, stamp, write_section
+from devtools.tiny_families import build_vl_reranker
+
+CHECKPOINT = CACHE / "checkpoint-small-reranker"
+SYSTEM = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".'
+)
+INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+WORDS = "alpha beta gamma delta river stone cloud light paper music garden window letter morning".split()
+THREADS = 2
+
+
+def documents(seed: int, count: int = 64) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60))) for _ in range(count)]
+
+
+def official_loop(query: str, docs: list[str]) -> tuple[list[float], float]:
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    torch.set_num_threads(THREADS)
+    processor = AutoProcessor.from_pretrained(CHECKPOINT, padding_side="left")
+    model = Qwen3VLForConditionalGeneration.from_pretrained(CHECKPOINT, dtype=torch.float32).eval()
+    yes, no = (processor.tokenizer.convert_tokens_to_ids(word) for word in ("yes", "no"))
+
+    def score(document: str) -> float:
+        content = [
+            {"type": "text", "text": f"<Instruct>: {INSTRUCTION}"},
+            {"type": "text", "text": "<Query>:"},
+            {"type": "text", "text": query},
+            {"type": "text", "text": "\n<Document>:"},
+            {"type": "text", "text": document},
+        ]
+        conversation = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]}, {"role": "user", "content": content}]
+        text = processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=text, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits[0, -1]
+        return float(torch.sigmoid(logits[yes] - logits[no]))
+
+    score(docs[0])  # warm-up
+    started = time.perf_counter()
+    scores = [score(document) for document in docs]
+    return scores, time.perf_counter() - started
+
+
+def server_rate(query: str, batches: list[list[str]]) -> tuple[list[list[float]], float]:
+    env = {"DEVICE": "cpu", "DTYPE": "float32", "OMP_NUM_THREADS": str(THREADS), "MODELS": f"rr={CHECKPOINT}"}
+    with ServerProcess(["-m", "embedding_api"], CHECKPOINT, env) as server:
+        httpx.post(f"{server.url}/v1/rerank", json={"query": query, "documents": batches[0][:8]}, timeout=600)
+        started = time.perf_counter()
+        all_scores = []
+        for docs in batches:
+            answer = httpx.post(f"{server.url}/v1/rerank", json={"query": query, "documents": docs}, timeout=600)
+            answer.raise_for_status()
+            by_index = {row["index"]: row["relevance_score"] for row in answer.json()["results"]}
+            all_scores.append([by_index[i] for i in range(len(docs))])
+        return all_scores, time.perf_counter() - started
+
+
+def main() -> None:
+    if not (CHECKPOINT / "config.json").exists():
+        build_vl_reranker(CHECKPOINT, small=True)
+    query = "which garden letter mentions the river in the morning"
+    batches = [documents(seed) for seed in range(3)]
+    ours, ours_seconds = server_rate(query, batches)
+    official, official_seconds = official_loop(query, batches[0])
+    ours_rate = sum(len(b) for b in batches) / ours_seconds
+    official_rate = len(batches[0]) / official_seconds
+    difference = float(np.abs(np.array(ours[0]) - np.array(official)).max())
+    text = "\n".join(
+        [
+            "## Rerank throughput (issue 13)",
+            "",
+            "Command: `python -m bench.rerank` (`make bench-rerank`).  ",
+            f"Machine: {machine()}. Date: {stamp()}. Checkpoint: random Qwen3-VL-Reranker shape, 512 hidden, 8 "
+            "layers, float32, 2 threads.",
+            "",
+            "| 1 query x 64 text documents | pairs/s |",
+            "|---|---|",
+            f"| official loop, one pair per forward pass, in-process | {official_rate:.1f} |",
+            f"| this server, `/v1/rerank`, 3 requests one after the other | {ours_rate:.1f} |",
+            f"| ratio | {ours_rate / official_rate:.2f} x |",
+            "",
+            f"Largest score difference, server vs official loop, same 64 pairs: {difference:.1e}.",
+        ]
+    )
+    print(text)
+    write_section("rerank", text)
+
+
+if __name__ == "__main__":
+    main()
