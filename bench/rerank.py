@@ -24,7 +24,22 @@ SYSTEM = (
     'Note that the answer can only be "yes" or "no".'
 )
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
-WORDS = "alpha beta gamma delta river stone cloud light paper music garden window letter morning".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "river",
+    "stone",
+    "cloud",
+    "light",
+    "paper",
+    "music",
+    "garden",
+    "window",
+    "letter",
+    "morning",
+]
 THREADS = 2
 
 
@@ -49,7 +64,10 @@ def official_loop(query: str, docs: list[str]) -> tuple[list[float], float]:
             {"type": "text", "text": "\n<Document>:"},
             {"type": "text", "text": document},
         ]
-        conversation = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]}, {"role": "user", "content": content}]
+        conversation = [
+            {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
+            {"role": "user", "content": content},
+        ]
         text = processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
         inputs = processor(text=text, padding=True, return_tensors="pt")
         with torch.no_grad():

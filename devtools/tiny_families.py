@@ -209,9 +209,9 @@ def build_vl_reranker(out_dir: str | Path, seed: int = 4, *, small: bool = False
     """A Qwen3-VL-Reranker-shaped checkpoint: the released layout (with its LM head) and a tokenizer whose `yes` and
     `no` are single tokens. The folder's name must say "reranker" (that is how the server tells it from an
     embedder), or the model is given `family = "qwen3_vl_reranker"`."""
-    from transformers import AutoProcessor
-
     from dataclasses import replace
+
+    from transformers import AutoProcessor
 
     from devtools.tiny_checkpoint import SMALL_SPEC, TinySpec, build_tiny_checkpoint
 
