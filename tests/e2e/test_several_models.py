@@ -69,6 +69,12 @@ def test_text_models_equal_their_oracles_through_the_sdk(sdk: OpenAI, family_dir
     )
 
 
+def test_siglip_texts_through_the_sdk(sdk: OpenAI, family_dirs: dict[str, Path]) -> None:
+    _, expected_texts = siglip_vectors(family_dirs["siglip"], [make_image()], TEXTS)
+    ours = _vectors(sdk.embeddings.create(model="siglip", input=TEXTS))
+    np.testing.assert_allclose(ours, expected_texts, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["siglip", "siglip2"])
 def test_siglip_models_equal_the_model_card_through_http(
     server: Server, family_dirs: dict[str, Path], name: str
