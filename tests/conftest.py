@@ -94,7 +94,8 @@ class LiveServer:
     def __init__(self, settings: Settings, family: EmbeddingFamily) -> None:
         self.port = free_port()
         self.app = create_app(settings, loader=lambda *_: family)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        # keep-alive longer than any idle gap under load: a connection closed as the client reuses it is a ReadError
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", timeout_keep_alive=75)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
