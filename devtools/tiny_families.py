@@ -228,6 +228,22 @@ def build_vl_reranker(out_dir: str | Path, seed: int = 4, *, small: bool = False
     return out
 
 
+def build_qwen3_reranker(out_dir: str | Path, seed: int = 5) -> Path:
+    """A Qwen3-Reranker-shaped causal LM whose tokenizer has single `yes` and `no` tokens (the folder's name must say
+    "reranker", or the model is given `family = "qwen3_reranker"`)."""
+    from transformers import AutoTokenizer
+
+    out = build_causal_lm(out_dir, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    missing = [
+        word for word in ("yes", "no") if tokenizer.convert_tokens_to_ids(word) in (None, tokenizer.unk_token_id)
+    ]
+    if missing:
+        tokenizer.add_tokens(missing)  # the config's vocabulary has headroom for them
+        tokenizer.save_pretrained(out)
+    return out
+
+
 def build_all(out_dir: str | Path) -> dict[str, Path]:
     root = Path(out_dir)
     return {
@@ -236,6 +252,7 @@ def build_all(out_dir: str | Path) -> dict[str, Path]:
         "siglip": build_siglip(root / "siglip"),
         "siglip2": build_siglip(root / "siglip2", naflex=True),
         "vl_reranker": build_vl_reranker(root / "vl-reranker"),
+        "qwen3_reranker": build_qwen3_reranker(root / "qwen3-reranker"),
     }
 
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from embedding_api.settings import Settings
 
-FAMILIES = ("qwen3_vl", "qwen3_embedding", "siglip", "hidden_state", "qwen3_vl_reranker")
+FAMILIES = ("qwen3_vl", "qwen3_embedding", "siglip", "hidden_state", "qwen3_vl_reranker", "qwen3_reranker")
 _OPTIONS = frozenset(
     {
         "family",

@@ -105,6 +105,7 @@ class ToyFamily:
 
     packs_sequences = False
     kind = "toy"
+    task = "embed"
     modalities = frozenset({"text"})
     takes_instructions = True
     matryoshka = True

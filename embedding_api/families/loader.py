@@ -111,6 +111,8 @@ def detect_family(path: Path) -> str | None:
         if options.get("pooling_mode_lasttoken") or options.get("pooling_mode") == "lasttoken":
             return "qwen3_embedding"
     architectures = [str(name) for name in config.get("architectures") or ()]
+    if model_type == "qwen3" and "ForCausalLM" in " ".join(architectures) and "reranker" in path.resolve().name.lower():
+        return "qwen3_reranker"
     if any(name.endswith(("ForCausalLM", "Model")) for name in architectures) and "vision_config" not in config:
         return "hidden_state"
     return None
@@ -138,6 +140,8 @@ def load_family(settings: Settings, spec: ModelSpec | None = None) -> EmbeddingF
         loaded = _qwen3_vl(settings, spec, path, device, dtype, setting)
     elif family == "qwen3_vl_reranker":
         loaded = _qwen3_vl_reranker(settings, spec, path, device, dtype, setting)
+    elif family == "qwen3_reranker":
+        loaded = _qwen3_reranker(settings, spec, path, device, dtype, setting)
     elif family == "siglip":
         loaded = _siglip(spec, path, device, dtype, setting)
     else:
@@ -220,6 +224,23 @@ def _qwen3_vl_reranker(settings: Settings, spec: ModelSpec, path: Path, device: 
     if spec.max_length:
         options["max_length"] = spec.max_length
     return Qwen3VLRerankerFamily(model.model, processor, weight, **options)
+
+
+def _qwen3_reranker(settings: Settings, spec: ModelSpec, path: Path, device: Any, dtype: Any, setting: str) -> Any:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from embedding_api.families.qwen3_reranker import Qwen3RerankerFamily
+    from embedding_api.families.qwen3_vl_reranker import score_weight
+
+    model = _weights(
+        AutoModelForCausalLM, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device)
+    )
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    options: dict[str, Any] = {"device": device, "default_instruction": spec.default_instruction}
+    if spec.max_length:
+        options["max_length"] = spec.max_length
+    return Qwen3RerankerFamily(model.model, tokenizer, score_weight(model.lm_head.weight, tokenizer), **options)
 
 
 def _siglip(spec: ModelSpec, path: Path, device: Any, dtype: Any, setting: str) -> Any:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import API_KEY, b64, image_bytes, make_image
+from tests.support.families import qwen3_reranker_scores
 from tests.support.live import Server
 from tests.support.reference_recipe import RefItem
 from tests.support.reference_reranker import reference_rerank
@@ -24,7 +25,8 @@ HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, family_dirs: dict[str, Path]) -> Iterator[Server]:
-    with Server(models=f"vl={tiny_model_dir},rr={family_dirs['vl_reranker']}") as running:
+    models = f"vl={tiny_model_dir},rr={family_dirs['vl_reranker']},qr={family_dirs['qwen3_reranker']}"
+    with Server(models=models) as running:
         yield running
 
 
@@ -87,7 +89,7 @@ def test_images_on_either_side(server: Server, family_dirs: dict[str, Path]) -> 
             {"model": "vl", "query": "q", "documents": ["d"]},
             400,
             "model",
-            "served models that rerank: rr",
+            "served models that rerank: rr, qr",
         ),
         ("/v1/embeddings", {"model": "rr", "input": "q"}, 400, "model", "served models that embed: vl"),
         ("/v1/rerank", {"query": "q", "documents": ["ok", {"type": "image", "data": "!!"}]}, 400, "documents[1]", ""),
@@ -121,3 +123,14 @@ def test_the_cohere_sdk_reranks_unchanged(server: Server, expected: np.ndarray) 
     v2 = cohere.ClientV2(api_key=API_KEY, base_url=server.url)
     response2 = v2.rerank(model="rr", query=QUERY, documents=DOCUMENTS)
     assert [r.index for r in response2.results] == list(np.argsort(-expected, kind="stable"))
+
+
+def test_the_text_reranker_beside_the_vl_one(server: Server, family_dirs: dict[str, Path]) -> None:
+    expected = qwen3_reranker_scores(family_dirs["qwen3_reranker"], [(QUERY, document) for document in DOCUMENTS])
+    answer = _rerank(server, {"model": "qr", "query": QUERY, "documents": DOCUMENTS})
+    assert answer.status_code == 200, answer.text
+    scores = {row["index"]: row["relevance_score"] for row in answer.json()["results"]}
+    assert [scores[i] for i in range(len(DOCUMENTS))] == pytest.approx(expected.tolist(), abs=1e-5)
+    image = {"type": "image", "data": b64(image_bytes(make_image()))}
+    refused = _rerank(server, {"model": "qr", "query": QUERY, "documents": [image]})
+    assert refused.status_code == 400
