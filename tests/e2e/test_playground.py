@@ -114,3 +114,46 @@ def test_playground_in_a_browser(tiny_model_dir: Path, tiny_family: EmbeddingFam
         finally:
             context.close()
     assert screenshot.is_file() and screenshot.stat().st_size > 0
+
+
+def test_the_rerank_panel_shows_bars_by_score(
+    tiny_model_dir: Path, family_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.support.live import Server
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    documents = ["a cat sleeping on a couch", "stock prices fell", "cats purr", "a red bicycle"]
+    models = f"vl={tiny_model_dir},rr={family_dirs['vl_reranker']}"
+    with Server(models=models) as server, sync_api.sync_playwright() as playwright:
+        context = _browser(playwright, tmp_path / "profile")
+        try:
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(f"{server.url}/")
+            page.fill("#api-key", API_KEY)
+            page.dispatch_event("#api-key", "change")  # the rerankers are listed with the key
+            page.wait_for_selector("#rerank-model option[value='rr']", state="attached")
+            page.fill("#rerank-query", "a cat")
+            page.fill("#rerank-documents", "\n".join(documents))
+            page.click("#rerank")
+            page.wait_for_selector("#rerank-results li")
+            shown = [
+                int(x) for x in page.eval_on_selector_all("#rerank-results li", "els => els.map(e => e.dataset.index)")
+            ]
+            scores = [
+                float(x)
+                for x in page.eval_on_selector_all("#rerank-results .score", "els => els.map(e => e.textContent)")
+            ]
+        finally:
+            context.close()
+        answer = httpx.post(
+            f"{server.url}/v1/rerank",
+            json={"model": "rr", "query": "a cat", "documents": documents},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=60,
+        ).json()
+    assert shown == [row["index"] for row in answer["results"]]
+    assert scores == pytest.approx([row["relevance_score"] for row in answer["results"]], abs=5e-4)
+    assert scores == sorted(scores, reverse=True)
