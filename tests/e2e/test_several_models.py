@@ -3,6 +3,7 @@ equal its own oracle, requests are routed by `model`, and inputs a model cannot 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +162,27 @@ def test_seed_routes_follow_text_model_and_image_model(tiny_model_dir: Path, fam
         image_body = {"image_base64": b64(image_bytes(make_image()))}
         image = httpx.post(f"{running.url}/embed/image/base64", json=image_body, headers=headers).json()
         assert (image["model"], image["dimension"]) == ("siglip", 32)
+
+
+def test_a_busy_model_does_not_hold_up_another(server: Server) -> None:
+    """Each model has its own queue and batcher: a short request to one model is answered while a long request to
+    another is still running."""
+    import concurrent.futures
+
+    long_input = [f"{i} " + "the quick brown fox jumps over the lazy dog " * 40 for i in range(256)]
+    finished: dict[str, float] = {}
+
+    def call(model: str, payload: object) -> None:
+        response = _post(server, {"model": model, "input": payload})
+        assert response.status_code == 200, response.text
+        finished[model] = time.perf_counter()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(call, "vl", long_input)
+        time.sleep(0.3)  # the long request is queued and running
+        started = time.perf_counter()
+        quick = pool.submit(call, "lm", "hello")
+        quick.result(timeout=60)
+        busy.result(timeout=120)
+    assert finished["lm"] < finished["vl"]
+    assert finished["lm"] - started < (finished["vl"] - started) / 2
