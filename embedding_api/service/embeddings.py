@@ -3,7 +3,6 @@ callers get vectors and decide how to write them."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +13,9 @@ from embedding_api.engine.batcher import Engine
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import EmbeddingFamily
 from embedding_api.items import blank_is_none, item_instruction
-from embedding_api.media.parse import ItemSpec, check_instruction, parse_input
+from embedding_api.media.parse import ItemSpec, check_instruction
 from embedding_api.media.resolve import MediaResolver
+from embedding_api.service.limits import parse_within_limits, run_items, within_request_timeout
 from embedding_api.service.options import EmbeddingOptions, ServerDefaults
 from embedding_api.settings import Settings
 
@@ -75,13 +75,7 @@ class EmbeddingService:
 
     async def embed(self, raw_input: Any, options: EmbeddingOptions) -> Embeddings:
         """One request's `input` (admitted by the caller), bounded by REQUEST_TIMEOUT."""
-        try:
-            async with asyncio.timeout(self.settings.request_timeout):
-                return await self._embed(raw_input, options)
-        except TimeoutError:
-            raise ApiError(
-                ErrorKind.TIMEOUT, f"the request took longer than REQUEST_TIMEOUT={self.settings.request_timeout:g} s"
-            ) from None
+        return await within_request_timeout(self.settings, self._embed(raw_input, options))
 
     def _cannot(self, needed: set[str], what: str, param: str) -> ApiError:
         """A 400 for something this model cannot take, naming the served models that can."""
@@ -114,34 +108,14 @@ class EmbeddingService:
 
     async def _embed(self, raw_input: Any, options: EmbeddingOptions) -> Embeddings:
         settings = self.settings
-        specs: list[ItemSpec] = parse_input(
-            raw_input,
-            max_items=settings.max_inputs_per_request,
-            max_text_chars=settings.max_text_chars,
-            max_media_per_item=settings.max_media_per_item,
-            max_media_per_request=settings.max_media_per_request,
-            max_parts_per_item=settings.max_parts_per_item,
-            max_instruction_chars=settings.max_instruction_chars,
-        )
+        specs = parse_within_limits(raw_input, settings, settings.max_inputs_per_request)
         self._check_capabilities(specs)
         items = await self.resolver.resolve(specs)
         for item in items:
             item.instruction = item_instruction(item.instruction, options.instruction)
             item.truncate = options.truncate
-        try:
-            prepared = await self.engine.prepare(items)
-            total = sum(item.tokens for item in prepared)
-            if total > settings.max_tokens_per_request:
-                raise ApiError(
-                    ErrorKind.INVALID_REQUEST,
-                    f"the request needs {total} tokens, above MAX_TOKENS_PER_REQUEST={settings.max_tokens_per_request}; "
-                    "split it into several requests",
-                    param="input",
-                )
-            result = await self.engine.embed(prepared)
-        except ApiError as error:
-            if error.param is None and error.item_index is not None:
-                error.param = specs[error.item_index].param
-            raise
+        params = [spec.param for spec in specs]
+        advice = "split it into several requests"
+        result = await run_items(self.engine, items, params, settings, param="input", advice=advice)
         vectors = self.engine.family.finish(result.pooled, options.dimensions, options.normalize)
         return Embeddings(vectors, result.tokens, result.queue_ms, result.inference_ms)

@@ -3,7 +3,6 @@ pair, batched through the reranker's engine. No HTTP here."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +11,9 @@ import numpy as np
 from embedding_api.engine.batcher import Engine
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.items import Item, item_instruction
-from embedding_api.media.parse import ItemSpec, check_instruction, parse_input
+from embedding_api.media.parse import ItemSpec, check_instruction
 from embedding_api.media.resolve import MediaResolver
+from embedding_api.service.limits import parse_within_limits, run_items, within_request_timeout
 from embedding_api.settings import Settings
 
 
@@ -47,26 +47,11 @@ class RerankService:
         self, query: Any, documents: list[Any], *, instruction: str | None = None, truncate: bool = True
     ) -> Reranked:
         """Score every document against the query, bounded by REQUEST_TIMEOUT."""
-        try:
-            async with asyncio.timeout(self.settings.request_timeout):
-                return await self._rerank(query, documents, instruction, truncate)
-        except TimeoutError:
-            raise ApiError(
-                ErrorKind.TIMEOUT, f"the request took longer than REQUEST_TIMEOUT={self.settings.request_timeout:g} s"
-            ) from None
+        return await within_request_timeout(self.settings, self._rerank(query, documents, instruction, truncate))
 
     def _parse(self, raw: Any, old: str, new: str, max_items: int) -> list[ItemSpec]:
-        settings = self.settings
         try:
-            return parse_input(
-                raw,
-                max_items=max_items,
-                max_text_chars=settings.max_text_chars,
-                max_media_per_item=settings.max_media_per_item,
-                max_media_per_request=settings.max_media_per_request,
-                max_parts_per_item=settings.max_parts_per_item,
-                max_instruction_chars=settings.max_instruction_chars,
-            )
+            return parse_within_limits(raw, self.settings, max_items)
         except ApiError as error:
             raise _renamed(error, old, new) from None
 
@@ -104,20 +89,8 @@ class RerankService:
             )
             for document in document_items
         ]
-        try:
-            prepared = await self.engine.prepare(pairs)
-            total = sum(item.tokens for item in prepared)
-            if total > settings.max_tokens_per_request:
-                raise ApiError(
-                    ErrorKind.INVALID_REQUEST,
-                    f"the request needs {total} tokens, above MAX_TOKENS_PER_REQUEST={settings.max_tokens_per_request}; "
-                    "send fewer or shorter documents",
-                    param="documents",
-                )
-            result = await self.engine.embed(prepared)
-        except ApiError as error:
-            if error.param is None and error.item_index is not None:
-                error.param = document_specs[error.item_index].param
-            raise
+        params = [spec.param for spec in document_specs]
+        advice = "send fewer or shorter documents"
+        result = await run_items(self.engine, pairs, params, settings, param="documents", advice=advice)
         scores = self.engine.family.score(result.pooled)  # type: ignore[attr-defined]
         return Reranked(np.asarray(scores, dtype=np.float32), result.tokens, result.queue_ms, result.inference_ms)
