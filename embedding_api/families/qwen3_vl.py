@@ -140,15 +140,7 @@ class Qwen3VLFamily:
                     code="input_too_long",
                 )
             text, tokens = self._shorten(instruction, texts, images, videos, tokens)
-        prompt = _Prompt(
-            text=text,
-            images=images,
-            videos=[frames for frames, _ in videos],
-            video_metadata=[meta for _, meta in videos],
-        )
-        pixels = sum(im.width * im.height for im in images)
-        pixels += sum(int(frames.shape[0] * frames.shape[2] * frames.shape[3]) for frames, _ in videos)
-        return PreparedItem(payload=prompt, tokens=tokens, pixels=pixels, modalities=item.modalities)
+        return self._prepared(text, tokens, images, videos, item.modalities)
 
     def _resize_image(self, image: Image.Image) -> Image.Image:
         limits = self.limits
@@ -274,18 +266,7 @@ class Qwen3VLFamily:
         for _ in range(_MAX_CUT_ROUNDS):
             if tokens <= self.max_length:
                 return text, tokens
-            overflow = tokens - self.max_length + _CUT_SLACK
-            for position in range(len(texts) - 1, -1, -1):
-                if overflow <= 0:
-                    break
-                if not texts[position]:
-                    continue
-                offsets = self.tokenizer(texts[position], add_special_tokens=False, return_offsets_mapping=True)[
-                    "offset_mapping"
-                ]
-                keep = max(0, len(offsets) - overflow)
-                overflow -= len(offsets) - keep
-                texts[position] = texts[position][: offsets[keep - 1][1]] if keep else ""
+            self._cut_from_end(texts, tokens - self.max_length + _CUT_SLACK)
             if not any(texts):
                 text, tokens = self._render_and_count(instruction, texts, images, videos)
                 if tokens > self.max_length:
@@ -299,6 +280,41 @@ class Qwen3VLFamily:
         if tokens > self.max_length:
             raise ApiError(ErrorKind.INVALID_REQUEST, f"input could not be shortened to MAX_LENGTH={self.max_length}")
         return text, tokens
+
+    def _cut_from_end(self, texts: list[str], overflow: int) -> int:
+        """Take `overflow` tokens off the end of `texts` (in place: whole parts dropped, the last part still needed
+        cut at a token boundary); returns what is left of the overflow."""
+        for position in range(len(texts) - 1, -1, -1):
+            if overflow <= 0:
+                break
+            if not texts[position]:
+                continue
+            offsets = self.tokenizer(texts[position], add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"
+            ]
+            keep = max(0, len(offsets) - overflow)
+            overflow -= len(offsets) - keep
+            texts[position] = texts[position][: offsets[keep - 1][1]] if keep else ""
+        return overflow
+
+    def _prepared(
+        self,
+        text: str,
+        tokens: int,
+        images: list[Image.Image],
+        videos: list[tuple[torch.Tensor, dict[str, Any]]],
+        modalities: tuple[str, ...],
+    ) -> PreparedItem:
+        """A rendered prompt with its visual inputs, costed by its tokens and pixels."""
+        prompt = _Prompt(
+            text=text,
+            images=images,
+            videos=[frames for frames, _ in videos],
+            video_metadata=[meta for _, meta in videos],
+        )
+        pixels = sum(im.width * im.height for im in images)
+        pixels += sum(int(frames.shape[0] * frames.shape[2] * frames.shape[3]) for frames, _ in videos)
+        return PreparedItem(payload=prompt, tokens=tokens, pixels=pixels, modalities=modalities)
 
     # ---- collate (CPU, per batch) ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import PreparedItem
-from embedding_api.families.qwen3_vl import EMPTY_ITEM_TEXT, Qwen3VLFamily, _Prompt
+from embedding_api.families.qwen3_vl import EMPTY_ITEM_TEXT, Qwen3VLFamily
 from embedding_api.items import Item
 
 SYSTEM_PROMPT = (
@@ -70,15 +70,7 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
             prompt, tokens = self._cut_document(instruction, texts, sides, tokens)
         images = sides[0][0] + sides[1][0]
         videos = sides[0][1] + sides[1][1]
-        payload = _Prompt(
-            text=prompt,
-            images=images,
-            videos=[frames for frames, _ in videos],
-            video_metadata=[meta for _, meta in videos],
-        )
-        pixels = sum(im.width * im.height for im in images)
-        pixels += sum(int(frames.shape[0] * frames.shape[2] * frames.shape[3]) for frames, _ in videos)
-        return PreparedItem(payload=payload, tokens=tokens, pixels=pixels, modalities=item.modalities)
+        return self._prepared(prompt, tokens, images, videos, item.modalities)
 
     def _visuals(self, side: Item, owner: Item) -> Visuals:
         images = [self._resize_image(image) for image in side.images]
@@ -115,15 +107,7 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         for _ in range(_CUT_ROUNDS):
             overflow = tokens - self.max_length + _CUT_SLACK
             for side in (texts[1], texts[0]):
-                for position in range(len(side) - 1, -1, -1):
-                    if overflow <= 0:
-                        break
-                    offsets = self.tokenizer(side[position], add_special_tokens=False, return_offsets_mapping=True)[
-                        "offset_mapping"
-                    ]
-                    keep = max(0, len(offsets) - overflow)
-                    overflow -= len(offsets) - keep
-                    side[position] = side[position][: offsets[keep - 1][1]] if keep else ""
+                overflow = self._cut_from_end(side, overflow)
             texts = [[text for text in side if text] for side in texts]
             prompt, tokens = self._pair_prompt(instruction, texts, sides)
             if tokens <= self.max_length:
