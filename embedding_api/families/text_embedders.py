@@ -140,9 +140,10 @@ class TextEmbedderFamily:
                 return self._run_packed(batch)
             return self._run_padded(batch)
 
-    def _forward(self, rows: torch.Tensor | None, **inputs: torch.Tensor) -> torch.Tensor:
+    def _forward(self, rows: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        """The pooled layer for every token; `rows` (the flat pooled positions) spare the last MLP the others."""
         layer = self.recipe.layer
-        context = pooled_rows.pooled_rows(rows) if rows is not None and self._pooled_rows_only else _no_context()
+        context = pooled_rows.pooled_rows(rows) if self._pooled_rows_only else contextlib.nullcontext()
         with context:
             output = self.model(**inputs, output_hidden_states=layer is not None, use_cache=False)
         hidden: torch.Tensor = output.last_hidden_state if layer is None else output.hidden_states[layer]
@@ -182,7 +183,3 @@ class TextEmbedderFamily:
 
     def finish(self, pooled: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
         return finish_vectors(pooled, dimensions, normalize)
-
-
-def _no_context() -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext()
