@@ -53,8 +53,8 @@ def _frame_pick(frames: list[Image.Image]) -> list[Image.Image]:
     return [frames[i] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES, dtype=int).tolist()]
 
 
-def build_conversation(item: RefItem) -> list[dict[str, Any]]:
-    """System message with the instruction; user message with videos, images, then texts (or the text NULL)."""
+def content_parts(item: RefItem) -> list[dict[str, Any]]:
+    """Videos, images, then texts, as the official code lists them (the text NULL for an empty item)."""
     content: list[dict[str, Any]] = []
     for video in item.videos:
         if isinstance(video, str):
@@ -66,12 +66,35 @@ def build_conversation(item: RefItem) -> list[dict[str, Any]]:
         content.append({"type": "image", "image": source, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS})
     for text in item.texts:
         content.append({"type": "text", "text": text})
-    if not content:
-        content.append({"type": "text", "text": "NULL"})
+    return content or [{"type": "text", "text": "NULL"}]
+
+
+def build_conversation(item: RefItem) -> list[dict[str, Any]]:
+    """System message with the instruction; user message with the item's parts."""
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt(item.instruction)}]},
-        {"role": "user", "content": content},
+        {"role": "user", "content": content_parts(item)},
     ]
+
+
+def official_inputs(processor: Any, conversation: list[dict[str, Any]], **options: Any) -> Any:
+    """The chat template, qwen-vl-utils' `process_vision_info` and the processor, called as the official code."""
+    text = processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
+    images, video_inputs, video_kwargs = process_vision_info(
+        [conversation], image_patch_size=16, return_video_metadata=True, return_video_kwargs=True
+    )
+    videos, metadata = (list(x) for x in zip(*video_inputs, strict=True)) if video_inputs else (None, None)
+    return processor(
+        text=text,
+        images=images,
+        videos=videos,
+        video_metadata=metadata,
+        padding=True,
+        do_resize=False,
+        return_tensors="pt",
+        **video_kwargs,
+        **options,
+    )
 
 
 def reference_embed(
@@ -87,24 +110,7 @@ def reference_embed(
 
     vectors: list[torch.Tensor] = []
     for item in items:
-        conversations = [build_conversation(item)]
-        text = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-        images, video_inputs, video_kwargs = process_vision_info(
-            conversations, image_patch_size=16, return_video_metadata=True, return_video_kwargs=True
-        )
-        videos, metadata = (list(x) for x in zip(*video_inputs, strict=True)) if video_inputs else (None, None)
-        inputs = processor(
-            text=text,
-            images=images,
-            videos=videos,
-            video_metadata=metadata,
-            truncation=True,
-            max_length=MAX_LENGTH,
-            padding=True,
-            do_resize=False,
-            return_tensors="pt",
-            **video_kwargs,
-        )
+        inputs = official_inputs(processor, build_conversation(item), truncation=True, max_length=MAX_LENGTH)
         with torch.no_grad():
             hidden = model(**inputs).last_hidden_state
         mask = inputs["attention_mask"]

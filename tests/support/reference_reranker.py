@@ -11,30 +11,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from qwen_vl_utils import process_vision_info
 from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-from tests.support.reference_recipe import FPS, MAX_FRAMES, MAX_PIXELS, MIN_PIXELS, TOTAL_PIXELS, RefItem, _frame_pick
+from tests.support.reference_recipe import RefItem, content_parts, official_inputs
 
 SYSTEM = (
     "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
     'Note that the answer can only be "yes" or "no".'
 )
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
-
-
-def _parts(item: RefItem) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = []
-    for video in item.videos:
-        if isinstance(video, str):
-            parts.append({"type": "video", "video": "file://" + video, "fps": FPS, "max_frames": MAX_FRAMES})
-        else:
-            parts.append({"type": "video", "video": _frame_pick(video), "total_pixels": TOTAL_PIXELS})
-    for image in item.images:
-        source = "file://" + image if isinstance(image, str) else image
-        parts.append({"type": "image", "image": source, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS})
-    parts += [{"type": "text", "text": text} for text in item.texts]
-    return parts or [{"type": "text", "text": "NULL"}]
 
 
 def reference_rerank(
@@ -48,26 +33,12 @@ def reference_rerank(
     scores = []
     for document in documents:
         content = [{"type": "text", "text": f"<Instruct>: {task}"}, {"type": "text", "text": "<Query>:"}]
-        content += [*_parts(query), {"type": "text", "text": "\n<Document>:"}, *_parts(document)]
+        content += [*content_parts(query), {"type": "text", "text": "\n<Document>:"}, *content_parts(document)]
         conversation = [
             {"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
             {"role": "user", "content": content},
         ]
-        text = processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
-        images, video_inputs, video_kwargs = process_vision_info(
-            [conversation], image_patch_size=16, return_video_metadata=True, return_video_kwargs=True
-        )
-        videos, metadata = (list(x) for x in zip(*video_inputs, strict=True)) if video_inputs else (None, None)
-        inputs = processor(
-            text=text,
-            images=images,
-            videos=videos,
-            video_metadata=metadata,
-            padding=True,
-            do_resize=False,
-            return_tensors="pt",
-            **video_kwargs,
-        )
+        inputs = official_inputs(processor, conversation)
         with torch.no_grad():
             logits = model(**inputs).logits[0, -1]
         scores.append(torch.sigmoid(logits[yes] - logits[no]).item())
