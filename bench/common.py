@@ -7,6 +7,7 @@ import base64
 import io
 import os
 import platform
+import random
 import re
 import socket
 import subprocess
@@ -41,6 +42,30 @@ def checkpoint(name: str) -> Path:
 def sentence(i: int) -> str:
     words = ["search", "engine", "vector", "image", "cat", "report", "quarterly", "river", "mountain", "train"]
     return " ".join(words[(i * 7 + k) % len(words)] for k in range(8 + i % 9))
+
+
+SEED_WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "river",
+    "stone",
+    "cloud",
+    "light",
+    "paper",
+    "music",
+    "garden",
+    "window",
+    "letter",
+    "morning",
+]
+
+
+def seeded_texts(seed: int, count: int, low: int, high: int) -> list[str]:
+    """`count` texts of `low`..`high` words from a small vocabulary, the same for the same seed."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(SEED_WORDS) for _ in range(rng.randint(low, high))) for _ in range(count)]
 
 
 def image_512_base64(seed: int = 0) -> str:

@@ -8,14 +8,13 @@ Run: `python -m bench.rerank` (`make bench-rerank`); writes docs/benchmarks.md.
 
 from __future__ import annotations
 
-import random
 import time
 
 import httpx
 import numpy as np
 import torch
 
-from bench.common import CACHE, ServerProcess, machine, stamp, write_section
+from bench.common import CACHE, ServerProcess, machine, seeded_texts, stamp, write_section
 from devtools.tiny_families import build_vl_reranker
 
 CHECKPOINT = CACHE / "checkpoint-small-reranker"
@@ -24,28 +23,11 @@ SYSTEM = (
     'Note that the answer can only be "yes" or "no".'
 )
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "river",
-    "stone",
-    "cloud",
-    "light",
-    "paper",
-    "music",
-    "garden",
-    "window",
-    "letter",
-    "morning",
-]
 THREADS = 2
 
 
 def documents(seed: int, count: int = 64) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60))) for _ in range(count)]
+    return seeded_texts(seed, count, 10, 60)
 
 
 def official_loop(query: str, docs: list[str]) -> tuple[list[float], float]:

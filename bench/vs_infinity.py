@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import subprocess
 import sys
 import time
@@ -28,29 +27,13 @@ import httpx
 import numpy as np
 import orjson
 
-from bench.common import CACHE, ROOT, ServerProcess, free_port, machine, stamp, write_section
+from bench.common import CACHE, ROOT, ServerProcess, free_port, machine, seeded_texts, stamp, write_section
 from bench.vs_vllm import Measured, run_fixed, tree_rss_mb
 from devtools.tiny_families import build_qwen3_embedding
 
 CHECKPOINT = CACHE / "checkpoint-qwen3-text"
 MODEL = "qwen3-text"
 THREADS = "2"
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "river",
-    "stone",
-    "cloud",
-    "light",
-    "paper",
-    "music",
-    "garden",
-    "window",
-    "letter",
-    "morning",
-]
 
 
 @dataclass
@@ -65,8 +48,7 @@ class Side:
 
 
 def texts(seed: int, count: int) -> list[str]:
-    rng = random.Random(seed)
-    return [f"{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for i in range(count)]
+    return [f"{i} {text}" for i, text in enumerate(seeded_texts(seed, count, 8, 40))]
 
 
 def bodies(seed: int, per_request: int, requests: int) -> list[bytes]:
