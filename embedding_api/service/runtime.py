@@ -206,7 +206,7 @@ class Runtime:
     def service_for(self, name: str | None) -> EmbeddingService:
         """The named (or first embedding) model's embedding service."""
         if name is None:
-            name = next((m.name for m in self.models if m.spec.family != "qwen3_vl_reranker" and m.can("embed")), None)
+            name = next((m.name for m in self.models if m.can("embed")), None)
         model = self._ready_model(name)
         if model.service is None:
             raise self._wrong_task(model, "embed")
