@@ -19,7 +19,7 @@ $(VENV)/.runtime: requirements.txt
 	$(PIP) install --disable-pip-version-check -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-ray.txt
 	$(PIP) install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $@
 
