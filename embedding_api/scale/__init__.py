@@ -1,0 +1,1 @@
+"""Past one machine: the HTTP application as Ray Serve replicas."""
