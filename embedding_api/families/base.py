@@ -34,12 +34,27 @@ class PreparedItem:
     modalities: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Span:
+    """One sequence of a packed row: its own tokens [start, end) of the row, continuing the `context` ranges (earlier
+    tokens of the row equal to its first ones: a prefix it shares with an earlier sequence, computed once)."""
+
+    start: int
+    end: int
+    context: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def context_length(self) -> int:
+        return sum(end - start for start, end in self.context)
+
+
 @dataclass
 class Batch:
     """Device-ready inputs for several prepared items."""
 
     tensors: dict[str, Any]
-    token_counts: list[int]
+    token_counts: list[int]  # each item's full length, shared prefix included (what it costs a request)
+    spans: list[Span] | None = None  # one packed row: where each item's tokens are (None: padded rows)
 
 
 class EmbeddingFamily(Protocol):

@@ -1,52 +1,74 @@
 """Padding-free batches for decoder families: several sequences in one row, attention per sequence.
 
 The linear layers see only the batch's real tokens, in one matrix; attention runs on each sequence alone with
-PyTorch's causal SDPA. No work goes to pad tokens, and each vector equals the one of its sequence run alone (no
-mask arithmetic differs). Registered with transformers as the attention implementation `packed_sdpa`: outside a
-packed forward pass, and in non-causal modules (a vision tower), it is plain SDPA.
+PyTorch's SDPA. No work goes to pad tokens, and each vector equals the one of its sequence run alone (no mask
+arithmetic differs). Registered with transformers as the attention implementation `packed_sdpa`: outside a packed
+forward pass, and in non-causal modules (a vision tower), it is plain SDPA.
+
+Sequences that begin with the same tokens (a reranker's pairs share the judge's prompt and the query; embedding
+inputs share their template and instruction) keep those tokens once: a later sequence's row holds only the rest,
+and its attention reads the shared tokens' keys and values where the earlier sequence computed them. Same tokens at
+the same positions give the same keys and values, so each result is still its sequence's alone.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-ATTENTION = "packed_sdpa"
+from embedding_api.families.base import Span
 
-_layout = threading.local()  # the running forward pass's sequence bounds (the device thread's own)
+ATTENTION = "packed_sdpa"
+# Shorter shared prefixes are computed again: a context costs a key/value copy per layer, worth it from a few tokens.
+MIN_SHARED_TOKENS = 8
+# How many earlier sequences of the batch a sequence is compared with (one request's items are adjacent).
+LOOKBACK = 4
+
+_layout = threading.local()  # the running forward pass's spans (the device thread's own)
 
 
 @contextmanager
-def packed_sequences(bounds: list[tuple[int, int]]) -> Iterator[None]:
-    """Within this block, causal attention on this thread treats [start, end) spans of the row as sequences."""
-    _layout.bounds = bounds
+def packed_sequences(spans: list[Span]) -> Iterator[None]:
+    """Within this block, causal attention on this thread treats the row as these sequences."""
+    _layout.spans = spans
     try:
         yield
     finally:
-        _layout.bounds = None
+        _layout.spans = None
 
 
 def _attention(
     module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
 ) -> tuple[torch.Tensor, None]:
-    bounds = getattr(_layout, "bounds", None)
-    if bounds is None or not getattr(module, "is_causal", False):
+    spans: list[Span] | None = getattr(_layout, "spans", None)
+    if spans is None or not getattr(module, "is_causal", False):
         output: tuple[torch.Tensor, None] = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         return output
     kwargs.pop("is_causal", None)
-    parts = [
-        sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None, is_causal=True, **kwargs
-        )[0]
-        for start, end in bounds
-    ]
+    parts = []
+    for span in spans:
+        own = slice(span.start, span.end)
+        if not span.context:
+            keys, values, mask = key[:, :, own], value[:, :, own], None
+        else:
+            ranges = [slice(start, end) for start, end in span.context] + [own]
+            keys = torch.cat([key[:, :, part] for part in ranges], dim=2)
+            values = torch.cat([value[:, :, part] for part in ranges], dim=2)
+            # every context token, then causal over the sequence's own tokens (the lower-right causal mask)
+            length, shared = span.end - span.start, span.context_length
+            mask = torch.ones(length, shared + length, dtype=torch.bool, device=query.device).tril(shared)[None, None]
+        parts.append(
+            sdpa_attention_forward(module, query[:, :, own], keys, values, mask, is_causal=mask is None, **kwargs)[0]
+        )
     return torch.cat(parts, dim=1), None
 
 
@@ -57,9 +79,67 @@ def register() -> str:
     return ATTENTION
 
 
-def sequence_bounds(lengths: list[int]) -> list[tuple[int, int]]:
-    bounds, start = [], 0
+def sequence_bounds(lengths: list[int]) -> list[Span]:
+    """Sequences one after the other, nothing shared."""
+    spans, start = [], 0
     for length in lengths:
-        bounds.append((start, start + length))
+        spans.append(Span(start, start + length))
         start += length
-    return bounds
+    return spans
+
+
+@dataclass
+class SharedLayout:
+    """A packed row with shared prefixes kept once: `keep` picks the row's tokens out of the full sequences laid
+    end to end; `spans` says where each sequence is."""
+
+    spans: list[Span]
+    keep: torch.Tensor
+
+
+def _first_tokens(span: Span, count: int) -> tuple[tuple[int, int], ...]:
+    """The row ranges holding a sequence's first `count` tokens."""
+    ranges = []
+    for start, end in (*span.context, (span.start, span.end)):
+        take = min(count, end - start)
+        if take > 0:
+            ranges.append((start, start + take))
+        count -= take
+    return tuple(ranges)
+
+
+def share_prefixes(
+    sequences: Sequence[Sequence[int]], *, unshareable: Sequence[int] = (), min_shared: int = MIN_SHARED_TOKENS
+) -> SharedLayout:
+    """The layout keeping each sequence's longest prefix shared with one of the LOOKBACK sequences before it once.
+
+    A sequence keeps at least its last token (the one pooled), and nothing from its first `unshareable` token on
+    (vision placeholders: their features are filled in by order of appearance)."""
+    arrays = [np.asarray(ids, dtype=np.int64) for ids in sequences]
+    blocked = np.asarray(unshareable, dtype=np.int64)
+    spans: list[Span] = []
+    keep: list[np.ndarray] = []
+    offset = row = 0
+    for index, ids in enumerate(arrays):
+        limit = len(ids) - 1
+        if blocked.size:
+            hits = np.flatnonzero(np.isin(ids[:limit], blocked))
+            limit = int(hits[0]) if hits.size else limit
+        best, source = 0, -1
+        for earlier in range(max(0, index - LOOKBACK), index):
+            reach = min(limit, len(arrays[earlier]))
+            if reach <= best:
+                continue
+            differ = np.flatnonzero(ids[:reach] != arrays[earlier][:reach])
+            shared = int(differ[0]) if differ.size else reach
+            if shared > best:
+                best, source = shared, earlier
+        if best < min_shared:
+            best = 0
+        context = _first_tokens(spans[source], best) if best else ()
+        length = len(ids) - best
+        spans.append(Span(row, row + length, context))
+        keep.append(np.arange(offset + best, offset + len(ids)))
+        offset += len(ids)
+        row += length
+    return SharedLayout(spans=spans, keep=torch.from_numpy(np.concatenate(keep)) if keep else torch.zeros(0))

@@ -25,7 +25,7 @@ from PIL import Image
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families import cpu_linear, packing, pooled_rows
 from embedding_api.families import qwen_vision as vision
-from embedding_api.families.base import Batch, FramePicker, PreparedItem, finish_vectors
+from embedding_api.families.base import Batch, FramePicker, PreparedItem, Span, finish_vectors
 from embedding_api.families.frames import QwenFramePicker
 from embedding_api.items import Item, VideoClip
 
@@ -117,6 +117,8 @@ class Qwen3VLFamily:
         self.pin_memory = device.type == "cuda"
         # Padding-free batches when the model runs with the packed attention (the CPU); padded rows otherwise.
         self.packs_sequences = getattr(model.config, "_attn_implementation", None) == packing.ATTENTION
+        # Where a shared prefix must stop: vision placeholders get their features by order of appearance.
+        self._vision_tokens = [model.config.image_token_id, model.config.video_token_id]
         pooled_rows.wrap_last_mlp(model.language_model.layers)
         cpu_linear.pack_linears(model)
         self._end_of_turn = "<|im_end|>"
@@ -340,14 +342,14 @@ class Qwen3VLFamily:
             encoded = self.processor(**kwargs)
         tensors = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
         counts = [int(n) for n in tensors["attention_mask"].sum(dim=1).tolist()]
-        if self.packs_sequences:
-            tensors = self._packed(tensors, counts)
+        spans = self._packed(tensors, counts) if self.packs_sequences else None
         if self.pin_memory:
             tensors = {key: value.pin_memory() for key, value in tensors.items()}
-        return Batch(tensors=tensors, token_counts=counts)
+        return Batch(tensors=tensors, token_counts=counts, spans=spans)
 
-    def _packed(self, tensors: dict[str, torch.Tensor], counts: list[int]) -> dict[str, torch.Tensor]:
-        """The padded batch as one row of real tokens, with each sequence's own (multimodal) positions."""
+    def _packed(self, tensors: dict[str, torch.Tensor], counts: list[int]) -> list[Span]:
+        """The padded batch, in place, as one row of real tokens (shared prefixes once), with each sequence's own
+        (multimodal) positions; returns where each sequence is."""
         mask = tensors.pop("attention_mask").bool()
         input_ids = tensors.pop("input_ids")
         token_types = tensors.pop("mm_token_type_ids", None)
@@ -362,10 +364,11 @@ class Qwen3VLFamily:
             positions = positions[:, mask]
         else:
             positions = torch.cat([torch.arange(count) for count in counts]).expand(3, -1)
-        tensors["input_ids"] = input_ids[mask][None]
-        tensors["position_ids"] = positions[:, None, :].contiguous()
-        tensors["sequence_ends"] = torch.tensor(counts).cumsum(0)
-        return tensors
+        sequences = [row[row_mask].tolist() for row, row_mask in zip(input_ids, mask, strict=True)]
+        layout = packing.share_prefixes(sequences, unshareable=self._vision_tokens)
+        tensors["input_ids"] = input_ids[mask][layout.keep][None]
+        tensors["position_ids"] = positions[:, layout.keep][:, None, :].contiguous()
+        return layout.spans
 
     # ---- run (device) ------------------------------------------------------------------------------------
 
@@ -378,13 +381,9 @@ class Qwen3VLFamily:
                 if value.is_floating_point():
                     value = value.to(self.model_dtype)
                 inputs[key] = value
-            ends = inputs.pop("sequence_ends", None)
-            if ends is not None:  # one packed row: the last token of each sequence
-                rows = ends - 1
-                with (
-                    packing.packed_sequences(packing.sequence_bounds(batch.token_counts)),
-                    pooled_rows.pooled_rows(rows),
-                ):
+            if batch.spans is not None:  # one packed row: the last token of each sequence
+                rows = torch.tensor([span.end - 1 for span in batch.spans], device=device)
+                with packing.packed_sequences(batch.spans), pooled_rows.pooled_rows(rows):
                     hidden = self.model(**inputs, use_cache=False).last_hidden_state[0]
                 pooled = hidden[rows].float()
             else:  # padded rows (right padding): the last real token of each row

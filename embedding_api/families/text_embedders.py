@@ -121,9 +121,15 @@ class TextEmbedderFamily:
     def collate(self, items: list[PreparedItem]) -> Batch:
         counts = [len(item.payload) for item in items]
         if self.packs_sequences:  # one row of the real tokens, each sequence with its own positions
-            input_ids = torch.tensor([token for item in items for token in item.payload], dtype=torch.long)[None]
-            positions = torch.cat([torch.arange(count) for count in counts])[None]
-            return Batch(tensors={"input_ids": input_ids, "position_ids": positions}, token_counts=counts)
+            input_ids = torch.tensor([token for item in items for token in item.payload], dtype=torch.long)
+            positions = torch.cat([torch.arange(count) for count in counts])
+            if self.recipe.pooling == "last":  # a mean needs every token's own row: nothing shared then
+                layout = packing.share_prefixes([item.payload for item in items])
+                input_ids, positions, spans = input_ids[layout.keep], positions[layout.keep], layout.spans
+            else:
+                spans = packing.sequence_bounds(counts)
+            tensors = {"input_ids": input_ids[None], "position_ids": positions[None]}
+            return Batch(tensors=tensors, token_counts=counts, spans=spans)
         width = max(counts)
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
@@ -151,16 +157,16 @@ class TextEmbedderFamily:
 
     def _run_packed(self, batch: Batch) -> np.ndarray:
         device = self.torch_device
-        counts = batch.token_counts
+        spans = batch.spans or packing.sequence_bounds(batch.token_counts)
         input_ids = batch.tensors["input_ids"].to(device)
         position_ids = batch.tensors["position_ids"].to(device)
-        ends = torch.tensor(counts, device=device).cumsum(0)
-        with packing.packed_sequences(packing.sequence_bounds(counts)):
-            hidden = self._forward(ends - 1, input_ids=input_ids, position_ids=position_ids)[0]
-        if self.recipe.pooling == "mean":
-            pooled = torch.stack([part.mean(dim=0) for part in torch.split(hidden, counts)])
+        last = torch.tensor([span.end - 1 for span in spans], device=device)
+        with packing.packed_sequences(spans):
+            hidden = self._forward(last, input_ids=input_ids, position_ids=position_ids)[0]
+        if self.recipe.pooling == "mean":  # nothing shared (collate): the spans cover the row in order
+            pooled = torch.stack([hidden[span.start : span.end].mean(dim=0) for span in spans])
         else:
-            pooled = hidden[ends - 1]
+            pooled = hidden[last]
         host: np.ndarray = pooled.cpu().numpy()
         return host
 

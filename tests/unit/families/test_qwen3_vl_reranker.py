@@ -109,3 +109,27 @@ def test_a_long_document_is_cut_keeping_the_template_tail_or_refused(reranker: Q
     with pytest.raises(ApiError) as error:
         short.prepare(refused)
     assert error.value.status == 400 and error.value.code == "input_too_long"
+
+
+def test_pairs_computed_once_up_to_their_document_equal_the_recipe(
+    reranker: Qwen3VLRerankerFamily, family_dirs: dict[str, Path]
+) -> None:
+    query = RefItem(texts=["which garden letter mentions the river in the morning"])
+    documents = [
+        RefItem(texts=["x"]),
+        RefItem(texts=["the river ran past the garden wall every morning, " * 12]),
+        RefItem(images=[_image(48, 40, 5)]),
+        RefItem(texts=["a letter"]),
+    ]
+    pairs = []
+    for document in documents:
+        pair = _item(query)
+        pair.document = _item(document)
+        pairs.append(reranker.prepare(pair))
+    batch = reranker.collate(pairs)
+    assert batch.spans is not None
+    # every pair after the first reads the judge's prompt and the query from the first pair's tokens
+    assert all(span.context_length >= 20 for span in batch.spans[1:])
+    assert batch.tensors["input_ids"].shape[1] < sum(batch.token_counts)
+    ours = reranker.score(reranker.run(batch))
+    np.testing.assert_allclose(ours, reference_rerank(family_dirs["vl_reranker"], query, documents), atol=1e-5)

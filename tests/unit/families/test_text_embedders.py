@@ -139,3 +139,13 @@ def test_padding_free_batches_equal_the_oracle_and_one_by_one(family_dirs: dict[
     np.testing.assert_allclose(together, expected, atol=1e-5)
     alone = np.concatenate([_embed(family, [item]) for item in items])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_padding_free_queries_share_their_instruction_and_equal_the_query_prompt(family_dirs: dict[str, Path]) -> None:
+    path = family_dirs["qwen3_embedding"]
+    family = _family(path, QWEN3_EMBEDDING, packed=True)
+    prepared = [family.prepare(Item(texts=[text], instruction=QWEN3_TASK)) for text in TEXTS]
+    batch = family.collate(prepared)
+    assert batch.spans is not None and all(span.context for span in batch.spans[1:])  # "Instruct: ...\nQuery:" once
+    queries = family.finish(family.run(batch), None, True)
+    np.testing.assert_allclose(queries, sentence_transformers_vectors(path, TEXTS, query=True), atol=1e-5)
