@@ -1,8 +1,9 @@
 """Rerank throughput: 1 query x 64 text documents per request, this server against the official one-pair-per-pass
 loop in-process, on the same random Qwen3-VL-Reranker-shaped checkpoint (the `small` shape: 512 hidden, 8 layers).
 
-The official loop is written here as the recipe describes `Qwen3VLReranker.process` (one chat per pair, the
-processor, the released model's full logits, `sigmoid(yes - no)` at the last position), float32, 2 threads.
+The official loop is written here as `Qwen3VLReranker.process` runs (one chat per pair through the processor, the
+language model's last hidden state at the last position, times the `yes - no` row of the LM head, sigmoid),
+float32, 2 threads.
 Run: `python -m bench.rerank` (`make bench-rerank`); writes docs/benchmarks.md.
 """
 
@@ -35,8 +36,11 @@ def official_loop(query: str, docs: list[str]) -> tuple[list[float], float]:
 
     torch.set_num_threads(THREADS)
     processor = AutoProcessor.from_pretrained(CHECKPOINT, padding_side="left")
-    model = Qwen3VLForConditionalGeneration.from_pretrained(CHECKPOINT, dtype=torch.float32).eval()
+    released = Qwen3VLForConditionalGeneration.from_pretrained(CHECKPOINT, dtype=torch.float32).eval()
+    model = released.model  # as the official class: the LM head is reduced to its yes - no row
     yes, no = (processor.tokenizer.convert_tokens_to_ids(word) for word in ("yes", "no"))
+    head = released.lm_head.weight.data
+    score_row = head[yes] - head[no]
 
     def score(document: str) -> float:
         content = [
@@ -53,8 +57,8 @@ def official_loop(query: str, docs: list[str]) -> tuple[list[float], float]:
         text = processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
         inputs = processor(text=text, padding=True, return_tensors="pt")
         with torch.no_grad():
-            logits = model(**inputs).logits[0, -1]
-        return float(torch.sigmoid(logits[yes] - logits[no]))
+            last = model(**inputs).last_hidden_state[0, -1]
+        return float(torch.sigmoid(last @ score_row))
 
     score(docs[0])  # warm-up
     started = time.perf_counter()
