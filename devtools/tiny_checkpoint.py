@@ -255,6 +255,8 @@ def _build_tokenizer(extra_words: int) -> Qwen2Tokenizer:
         "model_max_length": 262144,
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": False,
+        # listed as the released tokenizer lists them: what `all_special_ids` returns (the reranker's cut keeps them)
+        "extra_special_tokens": [token for token in SPECIAL_TOKENS if token != "<|endoftext|>"],
     }
     tokenizer = Qwen2Tokenizer(tokenizer_object=backend, **options)
     tokenizer.chat_template = CHAT_TEMPLATE

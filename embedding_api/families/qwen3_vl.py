@@ -60,6 +60,7 @@ class _Prompt:
     images: list[Image.Image] = field(default_factory=list)
     videos: list[torch.Tensor] = field(default_factory=list)
     video_metadata: list[dict[str, Any]] = field(default_factory=list)
+    cut_to: int | None = None  # a family rule cuts the encoded tokens to this length (see `_encoded`)
 
 
 def system_instruction(instruction: str | None, default: str) -> str:
@@ -340,12 +341,18 @@ class Qwen3VLFamily:
             kwargs["cap_pixels_per_frame"] = True  # frames are already sized by the recipe; this only quiets a notice
         with self._processor_lock:
             encoded = self.processor(**kwargs)
-        tensors = {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        tensors = self._encoded(
+            {key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)}, prompts
+        )
         counts = [int(n) for n in tensors["attention_mask"].sum(dim=1).tolist()]
         spans = self._packed(tensors, counts) if self.packs_sequences else None
         if self.pin_memory:
             tensors = {key: value.pin_memory() for key, value in tensors.items()}
         return Batch(tensors=tensors, token_counts=counts, spans=spans)
+
+    def _encoded(self, tensors: dict[str, torch.Tensor], prompts: list[_Prompt]) -> dict[str, torch.Tensor]:
+        """The processor's output as the model reads it (a family that cuts tokens after encoding does it here)."""
+        return tensors
 
     def _packed(self, tensors: dict[str, torch.Tensor], counts: list[int]) -> list[Span]:
         """The padded batch, in place, as one row of real tokens (shared prefixes once), with each sequence's own

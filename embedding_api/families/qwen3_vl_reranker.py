@@ -6,6 +6,10 @@ query's videos, images and texts, `\\n<Document>:`, and the document's (an empty
 generation prompt. The score is `sigmoid(h . (lm_head[yes] - lm_head[no]))` at the pair's last token: P(yes) over the
 two answers. Pairs are batched like embedding inputs (the official code runs one pair per forward pass); the
 vision rules, padding-free batches and kernels are the embedder's.
+
+An over-long pair is cut as the official code cuts its encoded tokens: the last five (the turn's end and the
+generation prompt) and every special token (vision placeholders included) stay, and of the other tokens only the
+first that fit MAX_LENGTH do, so the document loses its end first.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ SYSTEM_PROMPT = (
 )
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 MAX_LENGTH = 10240
-_CUT_ROUNDS = 8
-_CUT_SLACK = 8
+TAIL_TOKENS = 5  # `<|im_end|>`, `\n`, `<|im_start|>`, `assistant`, `\n`: never cut, and not counted in MAX_LENGTH
+# A text longer than this many characters per allowed token is cut there before tokenising: the tokens the official
+# cut keeps all lie well before that point (no token spans 64 characters), so the result is the same.
+_MAX_CHARS_PER_TOKEN = 64
 
 Visuals = tuple[list[Image.Image], list[tuple[torch.Tensor, dict[str, Any]]]]
 
@@ -45,6 +51,7 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         options.setdefault("max_length", MAX_LENGTH)
         super().__init__(model, processor, **options)
         self.score_weight = score_weight.detach().float().cpu().numpy()
+        self._special_ids = torch.tensor(sorted(self.tokenizer.all_special_ids))  # what the official cut keeps
 
     # ---- prepare (CPU, per pair) -------------------------------------------------------------------------
 
@@ -58,19 +65,25 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         item.check_wanted()
         # the recipe: stripped, blank means the default; unlike the embedder's, no full stop is added
         instruction = (item.instruction or "").strip() or self.default_instruction
-        texts = [list(item.texts), list(document.texts)]
+        chars = (self.max_length + 64) * _MAX_CHARS_PER_TOKEN  # bounds tokenizer work; see _MAX_CHARS_PER_TOKEN
+        texts = [[text[:chars] for text in side.texts] for side in (item, document)]
         prompt, tokens = self._pair_prompt(instruction, texts, sides)
-        if tokens > self.max_length:
+        cut = tokens - TAIL_TOKENS > self.max_length
+        if cut:
             if not item.truncate:
                 raise ApiError(
                     ErrorKind.INVALID_REQUEST,
-                    f"the pair is {tokens} tokens, above the reranker's {self.max_length}, and truncate is false",
+                    f"the pair is {tokens} tokens, above the reranker's {self.max_length} (plus the {TAIL_TOKENS} of "
+                    "its template's end), and truncate is false",
                     code="input_too_long",
                 )
-            prompt, tokens = self._cut_document(instruction, texts, sides, tokens)
+            # what the cut can leave at most: MAX_LENGTH, the tail, and every visual placeholder (all special)
+            tokens = min(tokens, self.max_length + TAIL_TOKENS + self._visual_count(sides))
         images = sides[0][0] + sides[1][0]
         videos = sides[0][1] + sides[1][1]
-        return self._prepared(prompt, tokens, images, videos, item.modalities)
+        prepared = self._prepared(prompt, tokens, images, videos, item.modalities)
+        prepared.payload.cut_to = self.max_length if cut else None
+        return prepared
 
     def _visuals(self, side: Item, owner: Item) -> Visuals:
         images = [self._resize_image(image) for image in side.images]
@@ -97,26 +110,30 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         videos = sides[0][1] + sides[1][1]
         return prompt, self._count_rendered(prompt, images, videos)
 
-    def _cut_document(
-        self, instruction: str, texts: list[list[str]], sides: list[Visuals], tokens: int
-    ) -> tuple[str, int]:
-        """Cut the document's texts from their end (then the query's) until the pair fits; the template's tail,
-        where the score is read, always stays."""
-        texts = [list(side) for side in texts]
-        prompt = ""
-        for _ in range(_CUT_ROUNDS):
-            overflow = tokens - self.max_length + _CUT_SLACK
-            for side in (texts[1], texts[0]):
-                overflow = self._cut_from_end(side, overflow)
-            texts = [[text for text in side if text] for side in texts]
-            prompt, tokens = self._pair_prompt(instruction, texts, sides)
-            if tokens <= self.max_length:
-                return prompt, tokens
-        raise ApiError(
-            ErrorKind.ITEM_TOO_LARGE,
-            f"the pair still needs {tokens} tokens with its texts cut, above the reranker's {self.max_length}; send "
-            "smaller or fewer images or video frames",
-        )
+    def _visual_count(self, sides: list[Visuals]) -> int:
+        images = sides[0][0] + sides[1][0]
+        videos = sides[0][1] + sides[1][1]
+        return self._count_rendered("", images, videos) + len(images) + len(videos)
+
+    def _encoded(self, tensors: dict[str, torch.Tensor], prompts: list[Any]) -> dict[str, torch.Tensor]:
+        """Over-long pairs' encoded tokens cut as the official code cuts them (rows right-padded again)."""
+        if all(prompt.cut_to is None for prompt in prompts):
+            return tensors
+        mask = tensors["attention_mask"].bool()
+        rows = [torch.arange(mask.shape[1])[row_mask] for row_mask in mask]  # each row's real positions
+        for index, prompt in enumerate(prompts):
+            if prompt.cut_to is not None:
+                ids = tensors["input_ids"][index, rows[index]]
+                rows[index] = rows[index][official_cut(ids, prompt.cut_to, self._special_ids)]
+        width = max(len(row) for row in rows)
+        cut: dict[str, torch.Tensor] = {}
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            if key in tensors:
+                fill = self.tokenizer.pad_token_id if key == "input_ids" else 0
+                cut[key] = torch.full((len(rows), width), fill, dtype=tensors[key].dtype)
+                for index, row in enumerate(rows):
+                    cut[key][index, : len(row)] = tensors[key][index, row]
+        return {**tensors, **cut}
 
     # ---- finish (host) -----------------------------------------------------------------------------------
 
@@ -125,6 +142,18 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         logits = pooled.astype(np.float32) @ self.score_weight
         scores: np.ndarray = 1.0 / (1.0 + np.exp(-logits))
         return scores.astype(np.float32)
+
+
+def official_cut(ids: torch.Tensor, max_length: int, special_ids: torch.Tensor) -> torch.Tensor:
+    """Which of one pair's encoded tokens the official code keeps: the last TAIL_TOKENS, every special token, and
+    the first other tokens while the kept ones before the tail stay within `max_length`."""
+    head = len(ids) - TAIL_TOKENS
+    if head <= max_length:
+        return torch.ones(len(ids), dtype=torch.bool)
+    special = torch.isin(ids[:head], special_ids)
+    room = max_length - int(special.sum())
+    plain_rank = torch.cumsum(~special, dim=0)  # 1 for the first plain token, 2 for the second, ...
+    return torch.cat([special | (plain_rank <= room), torch.ones(TAIL_TOKENS, dtype=torch.bool)])
 
 
 def score_weight(lm_head: torch.Tensor, tokenizer: Any) -> torch.Tensor:

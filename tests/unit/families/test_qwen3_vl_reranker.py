@@ -94,16 +94,38 @@ def test_batched_pairs_equal_one_by_one(reranker: Qwen3VLRerankerFamily) -> None
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_a_long_document_is_cut_keeping_the_template_tail_or_refused(reranker: Qwen3VLRerankerFamily) -> None:
+@pytest.mark.parametrize(
+    "query, document",
+    [
+        (RefItem(texts=["what is a cat"]), RefItem(texts=["a cat is a small furry animal " * 60])),
+        (RefItem(texts=["what is a cat"]), RefItem(texts=["a caption " * 80], images=[_image(48, 40, 6)])),
+        (RefItem(texts=["a very long question about cats " * 40]), RefItem(texts=["a short answer"])),
+        (RefItem(images=[_image(40, 60, 9)]), RefItem(videos=[[_image(48, 48, 3 + i) for i in range(4)]])),
+    ],
+    ids=["long-text", "long-caption-with-image", "long-query", "vision-over-the-limit"],
+)
+def test_over_long_pairs_are_cut_as_the_official_code_cuts_them(
+    reranker: Qwen3VLRerankerFamily, family_dirs: dict[str, Path], query: RefItem, document: RefItem
+) -> None:
     short = Qwen3VLRerankerFamily.__new__(Qwen3VLRerankerFamily)
     short.__dict__.update(reranker.__dict__)
-    short.max_length = 260
-    query = Item(texts=["what is a cat"])
-    query.document = Item(texts=["a cat is a small furry animal " * 60])
-    prepared = short.prepare(query)
-    assert 200 < prepared.tokens <= 260
-    assert prepared.payload.text.endswith("<|im_end|>\n<|im_start|>assistant\n")
-    assert 0 < short.score(short.run(short.collate([prepared])))[0] < 1
+    short.max_length = 100
+    pair = _item(query)
+    pair.document = _item(document)
+    prepared = short.prepare(pair)
+    assert prepared.payload.cut_to == 100
+    batch = short.collate([prepared])
+    assert batch.token_counts[0] >= 100 + 5  # cut to the limit plus the template's end, not below
+    expected = reference_rerank(family_dirs["vl_reranker"], query, [document], max_length=100)
+    np.testing.assert_allclose(short.score(short.run(batch)), expected, atol=1e-5)
+    full = reference_rerank(family_dirs["vl_reranker"], query, [document])
+    assert abs(float(full[0]) - float(expected[0])) > 1e-5  # the cut changed the score: it was exercised
+
+
+def test_an_over_long_pair_is_refused_when_truncate_is_false(reranker: Qwen3VLRerankerFamily) -> None:
+    short = Qwen3VLRerankerFamily.__new__(Qwen3VLRerankerFamily)
+    short.__dict__.update(reranker.__dict__)
+    short.max_length = 100
     refused = Item(texts=["what is a cat"], truncate=False)
     refused.document = Item(texts=["a cat is a small furry animal " * 60])
     with pytest.raises(ApiError) as error:
