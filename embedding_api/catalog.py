@@ -13,6 +13,11 @@ A TOML file lists one table per model, in serving order (the first answers reque
     device = "cpu"
     max_batch_tokens = 4096
     default_instruction = "Given a web search query, retrieve relevant passages that answer the query"
+    calibration = "calibration/qwen3-text.npy"   # int8/uint8 ranges (else: the built-in calibration set)
+
+    [models.input_types]                         # `input_type` -> instruction, over the family's presets
+    query = "Given a web search query, retrieve relevant passages that answer the query"
+    classification = "Classify the sentiment of the given review"
 
     [[models]]
     name = "zimage-text"
@@ -46,8 +51,12 @@ _OPTIONS = frozenset(
         "layer",
         "pooling",
         "text_length",
+        "calibration",
+        "input_types",
     }
 )
+# What `input_type` may name (Cohere's search_query / search_document are aliases, `service.options`).
+INPUT_TYPES = ("query", "document", "classification", "clustering")
 
 
 class CatalogError(ValueError):
@@ -72,6 +81,8 @@ class ModelSpec:
     layer: int = -2  # hidden-state embedder: which hidden state
     pooling: Literal["mean", "last"] = "mean"  # hidden-state embedder: how tokens become one vector
     text_length: int = 64  # SigLIP: texts are padded to this many tokens
+    calibration: str | None = None  # int8/uint8 ranges: a .npy of embeddings or (2, dim) ranges; None: built-in set
+    input_types: tuple[tuple[str, str], ...] = ()  # instruction per `input_type` over the family's presets
 
 
 def model_specs(settings: Settings) -> list[ModelSpec]:
@@ -127,7 +138,19 @@ def _spec_of(table: Any, path: Path, index: int) -> ModelSpec:
     if pooling not in ("mean", "last"):
         raise CatalogError(f"{where}: pooling must be 'mean' or 'last', not {pooling!r}")
     options = {key: value for key, value in table.items() if key in _OPTIONS}
+    if "input_types" in options:
+        options["input_types"] = _input_types(options["input_types"], where)
     try:
         return ModelSpec(name=table["name"], path=table["path"], **options)
     except TypeError as exc:
         raise CatalogError(f"{where}: {exc}") from None
+
+
+def _input_types(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """`[models.input_types]`: a table of input type -> instruction."""
+    if not isinstance(value, dict) or not all(isinstance(text, str) for text in value.values()):
+        raise CatalogError(f'{where}: input_types must be a table of strings, e.g. query = "..."')
+    unknown = sorted(set(value) - set(INPUT_TYPES))
+    if unknown:
+        raise CatalogError(f"{where}: input_types: unknown {unknown[0]!r}; known: {', '.join(INPUT_TYPES)}")
+    return tuple(sorted(value.items()))

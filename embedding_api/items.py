@@ -1,13 +1,19 @@
-"""What the engine embeds: one item = one vector. No HTTP here."""
+"""What the engine embeds: one item = one vector, and how urgently. No HTTP here."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from PIL import Image
+
+# How urgently a request's items are wanted: `interactive` (someone waits; the default) goes before `bulk`
+# (backfills, indexing), which is never starved (engine/priority.py).
+Priority = Literal["interactive", "bulk"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+DEFAULT_PRIORITY: Priority = "interactive"
 
 
 class WorkAbandoned(Exception):
@@ -36,10 +42,11 @@ def blank_is_none(instruction: str | None) -> str | None:
     return instruction if instruction and instruction.strip() else None
 
 
-def item_instruction(item_level: str | None, request_level: str | None) -> str | None:
-    """The precedence the README states: an input's own instruction, else the request's; None means the model's
-    default (the family fills it in: it knows the default and how the model's template writes it)."""
-    return blank_is_none(item_level) or blank_is_none(request_level)
+def item_instruction(item_level: str | None, request_level: str | None, preset: str | None = None) -> str | None:
+    """The precedence the README states: an input's own instruction, else the request's, else the preset the
+    request's `input_type` selects; None means the model's default (the family fills it in: it knows the default and
+    how the model's template writes it)."""
+    return blank_is_none(item_level) or blank_is_none(request_level) or blank_is_none(preset)
 
 
 @dataclass

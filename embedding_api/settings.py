@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     max_image_width: int | None = Field(None, ge=32, description="Optional cap on image width (off by default).")
     max_image_height: int | None = Field(None, ge=32, description="Optional cap on image height (off by default).")
     default_instruction: str = Field(DEFAULT_INSTRUCTION, description="Instruction used when a request gives none.")
+    quantization_calibration: str | None = Field(
+        None, description="A .npy file of embeddings (or (2, dim) ranges) for int8/uint8, for models that name none."
+    )
+    builtin_calibration: bool = Field(
+        True, description="Embed the built-in calibration texts at start-up for int8/uint8 ranges (else: no int8)."
+    )
 
     # Limits
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body (bytes); past it, 413.")
@@ -151,6 +157,9 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(64, ge=1, description="Most items in one forward pass.")
     max_queued_items: int = Field(8192, ge=1, description="Most items waiting for the device; past it, 429.")
+    bulk_max_wait_ms: float = Field(
+        2000.0, gt=0, description="Bulk work waits at most this long (ms) behind interactive work before a batch."
+    )
     max_concurrent_requests: int = Field(512, ge=1, description="Most embedding requests in progress; past it, 429.")
 
     @field_validator(

@@ -154,15 +154,17 @@ class FakeEngine:
         self.prepare_error: ApiError | None = None
         self.prepared: list[list[Item]] = []
         self.embedded: list[list[PreparedItem]] = []
+        self.priorities: list[str] = []  # each embed call's priority
 
-    async def prepare(self, items: list[Item]) -> list[PreparedItem]:
+    async def prepare(self, items: list[Item], priority: str = "interactive") -> list[PreparedItem]:
         self.prepared.append(items)
         if self.prepare_error is not None:
             raise self.prepare_error
         return [self.family.prepare(item) for item in items]
 
-    async def embed(self, prepared: list[PreparedItem]) -> EmbedResult:
+    async def embed(self, prepared: list[PreparedItem], priority: str = "interactive") -> EmbedResult:
         self.embedded.append(prepared)
+        self.priorities.append(priority)
         await asyncio.sleep(self.delay)
         batch = self.family.collate(prepared)
         pooled = self.family.run(batch)

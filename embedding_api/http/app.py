@@ -16,6 +16,7 @@ from embedding_api import __version__
 from embedding_api.errors import ApiError, ErrorKind, error_body
 from embedding_api.http.auth import PUBLIC_PATHS, AuthMiddleware, KeyChecker
 from embedding_api.http.body import validation_error
+from embedding_api.http.cohere_routes import router as cohere_router
 from embedding_api.http.encoding import json_response
 from embedding_api.http.middleware import ObservingMiddleware, ShutdownDeadlineMiddleware
 from embedding_api.http.openai_routes import router as openai_router
@@ -23,6 +24,7 @@ from embedding_api.http.ops_routes import router as ops_router
 from embedding_api.http.playground import router as playground_router
 from embedding_api.http.rerank_routes import router as rerank_router
 from embedding_api.http.seed_routes import router as seed_router
+from embedding_api.items import PRIORITIES, Priority
 from embedding_api.observability.metrics import METRICS_PATH, Metrics, ModelInfo
 from embedding_api.service.runtime import FamilyLoader, Runtime
 from embedding_api.settings import Settings
@@ -54,8 +56,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _metrics(runtime: Runtime) -> Metrics:
     """This app's metrics, reading the queue and the model from the runtime at scrape time."""
 
-    def queue_depth() -> int:
-        return sum(model.engine.queued_items for model in runtime.models if model.engine is not None)
+    def queue_depth() -> dict[Priority, int]:
+        depth = dict.fromkeys(PRIORITIES, 0)
+        for model in runtime.models:
+            if model.engine is not None:
+                for priority, count in model.engine.queued_by_priority().items():
+                    depth[priority] += count
+        return depth
 
     def model_info() -> list[ModelInfo]:
         return [
@@ -117,6 +124,7 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(ops_router)
     app.include_router(rerank_router)
+    app.include_router(cohere_router)
     app.include_router(seed_router)
     app.include_router(playground_router)
     return app

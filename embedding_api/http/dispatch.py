@@ -11,12 +11,14 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from embedding_api.errors import ApiError, ErrorKind
+from embedding_api.items import DEFAULT_PRIORITY, PRIORITIES, Priority
 from embedding_api.observability.logs import current_request
 from embedding_api.service.embeddings import Embeddings, EmbeddingService
 from embedding_api.service.options import EmbeddingOptions
 from embedding_api.service.runtime import Runtime
 
 Result = TypeVar("Result")
+PRIORITY_HEADER = "X-Priority"
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -35,6 +37,24 @@ def accepting(request: Request) -> Runtime:
     if not any(model.ready for model in runtime.models):
         raise ApiError(ErrorKind.NOT_READY, "the model is still loading; retry shortly", code="model_loading")
     return runtime
+
+
+def request_priority(request: Request, in_body: Priority | None) -> Priority:
+    """The body's `priority`, else the X-Priority header's (any case), else interactive; a header naming neither
+    is a 400 on `priority` (an unknown body value is refused when the body is parsed)."""
+    if in_body is not None:
+        return in_body
+    header = request.headers.get(PRIORITY_HEADER)
+    if header is None:
+        return DEFAULT_PRIORITY
+    value = header.strip().lower()
+    if value not in PRIORITIES:
+        raise ApiError(
+            ErrorKind.INVALID_REQUEST,
+            f"must be {' or '.join(PRIORITIES)} (the {PRIORITY_HEADER} header), got {header[:40]!r}",
+            param="priority",
+        )
+    return value
 
 
 async def _wait_for_disconnect(request: Request) -> None:

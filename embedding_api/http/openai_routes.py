@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from embedding_api.http.body import openapi_body, read_json
-from embedding_api.http.dispatch import accepting, run_embedding, runtime_of, timing_headers
-from embedding_api.http.encoding import embeddings_response
+from embedding_api.http.dispatch import accepting, request_priority, run_embedding, runtime_of, timing_headers
+from embedding_api.http.encoding import embeddings_response, precisions_of
 from embedding_api.http.wire import ERROR_RESPONSES, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList
 from embedding_api.service.runtime import ServedModel
 
@@ -29,18 +29,31 @@ async def create_embeddings(request: Request) -> Response:
     with runtime.admission.admit():  # before the body is read: a refused request costs no memory
         body = await read_json(request, runtime.settings, EmbeddingRequest)
         service = runtime.service_for(body.model)
+        forms = body.embedding_types or [body.encoding_format]
         options = service.options(
-            dimensions=body.dimensions, instruction=body.instruction, normalize=body.normalize, truncate=body.truncate
+            dimensions=body.dimensions,
+            instruction=body.instruction,
+            normalize=body.normalize,
+            truncate=body.truncate,
+            input_type=body.input_type,
+            precisions=precisions_of(forms),
+            precisions_param="embedding_types" if body.embedding_types else "encoding_format",
+            priority=request_priority(request, body.priority),
         )
         answer = await run_embedding(request, service, body.input, options)
     payload = embeddings_response(
-        answer.vectors, encoding_format=body.encoding_format, model=service.model_name, prompt_tokens=answer.tokens
+        answer.vectors,
+        encoding_format=body.encoding_format,
+        model=service.model_name,
+        prompt_tokens=answer.tokens,
+        compact=answer.compact,
+        embedding_types=body.embedding_types,
     )
     return Response(payload, media_type="application/json", headers=timing_headers(answer, started))
 
 
 def _model_card(model: ServedModel) -> ModelCard:
-    family = model.family
+    family, service = model.family, model.service
     return ModelCard(
         id=model.name,
         created=_STARTED,
@@ -48,6 +61,8 @@ def _model_card(model: ServedModel) -> ModelCard:
         dimension=family.dimension if family else None,
         modalities=sorted(family.modalities - {"fused"}) if family else None,
         matryoshka=family.matryoshka if family else None,
+        quantization=service.calibration.describe() if service and service.calibration else None,
+        input_types=dict(service.defaults.presets) if service and service.defaults.presets else None,
         status=model.status,
     )
 

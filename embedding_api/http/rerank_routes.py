@@ -13,9 +13,10 @@ from starlette.responses import Response
 
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.http.body import openapi_body, read_json
-from embedding_api.http.dispatch import accepting, until_disconnect
+from embedding_api.http.dispatch import accepting, request_priority, until_disconnect
 from embedding_api.http.encoding import json_response
-from embedding_api.http.wire import ERROR_RESPONSES
+from embedding_api.http.wire import ERROR_RESPONSES, PRIORITY_DESCRIPTION
+from embedding_api.items import Priority
 from embedding_api.observability.logs import current_request
 
 router = APIRouter(tags=["rerank"])
@@ -37,6 +38,7 @@ class RerankRequest(BaseModel):
     raw_scores: bool = Field(False, description="TEI: the logit instead of the probability.")
     truncate: bool = Field(True, description="Shorten over-long pairs to fit; false: answer 400 instead.")
     instruction: str | None = Field(None, description="The task; default: the reranker's own.")
+    priority: Priority | None = Field(None, description=PRIORITY_DESCRIPTION)
 
 
 def _document_echo(document: Any) -> Any:
@@ -52,13 +54,17 @@ async def rerank(request: Request) -> Response:
         documents: list[Any] = list(body.texts or []) if tei else list(body.documents or [])
         if body.documents is None and body.texts is None:
             raise ApiError(ErrorKind.INVALID_REQUEST, "a value is required", param="documents")
+        priority = request_priority(request, body.priority)
         service = runtime.reranker_for(body.model)
         record = current_request.get()
         if record is not None:
             record.work_started = time.perf_counter()
             record.model = service.model_name
         answer = await until_disconnect(
-            request, service.rerank(body.query, documents, instruction=body.instruction, truncate=body.truncate)
+            request,
+            service.rerank(
+                body.query, documents, instruction=body.instruction, truncate=body.truncate, priority=priority
+            ),
         )
         if record is not None:
             record.tokens, record.queue_ms, record.inference_ms = answer.tokens, answer.queue_ms, answer.inference_ms

@@ -21,7 +21,7 @@ from starlette.types import Message
 from embedding_api import __version__
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.http.body import openapi_body, read_body, read_json
-from embedding_api.http.dispatch import accepting, run_embedding, runtime_of, timing_headers
+from embedding_api.http.dispatch import accepting, request_priority, run_embedding, runtime_of, timing_headers
 from embedding_api.http.wire import ERROR_RESPONSES
 from embedding_api.media.parse import is_url
 
@@ -88,7 +88,8 @@ async def _vectors(
     setting = runtime.settings.text_model if purpose == "text" else runtime.settings.image_model
     service = runtime.service_for(runtime.name_for(purpose, setting))
     try:
-        answer = await run_embedding(request, service, raw_input, service.options())
+        options = service.options(priority=request_priority(request, None))  # the X-Priority header only
+        answer = await run_embedding(request, service, raw_input, options)
     except ApiError as error:
         raise _renamed(error, param) from None
     return answer.vectors, timing_headers(answer, started), service.model_name

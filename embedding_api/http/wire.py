@@ -6,6 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from embedding_api.items import Priority
+
+PRIORITY_DESCRIPTION = (
+    "interactive (default) or bulk: interactive work is batched first, bulk never waits more than BULK_MAX_WAIT_MS "
+    "for a batch; wins over the X-Priority header."
+)
+
+# How a vector is written: float32 (as numbers or base64) or a compact form (`service/quantize.py`).
+EncodingFormat = Literal["float", "base64", "int8", "uint8", "binary", "ubinary"]
+
 
 class EmbeddingRequest(BaseModel):
     """`POST /v1/embeddings`: OpenAI's fields plus `instruction` and `normalize`."""
@@ -19,8 +29,24 @@ class EmbeddingRequest(BaseModel):
         )
     )
     model: str | None = Field(None, description="Must be the served model's name; omitted = the served model.")
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="float: JSON numbers; base64: little-endian float32 bytes."
+    encoding_format: EncodingFormat = Field(
+        "float",
+        description=(
+            "float: JSON numbers; base64: little-endian float32 bytes; int8/uint8: JSON integers from per-dimension "
+            "calibration ranges; binary/ubinary: one bit per dimension (x > 0) packed 8 to a byte, JSON integers."
+        ),
+    )
+    embedding_types: list[EncodingFormat] | None = Field(
+        None,
+        min_length=1,
+        description="Cohere-style: several forms at once; each item then has `embeddings: {type: vector}`.",
+    )
+    input_type: str | None = Field(
+        None,
+        description=(
+            "query, document, classification or clustering (Cohere's search_query, search_document too): the "
+            "model's instruction preset for it; an explicit instruction wins."
+        ),
     )
     dimensions: int | None = Field(
         None, strict=True, description="Output size (1..model size): truncated, then re-normalised."
@@ -31,12 +57,16 @@ class EmbeddingRequest(BaseModel):
     truncate: bool = Field(
         True, strict=True, description="Shorten text over MAX_LENGTH tokens to fit; false: answer 400 instead."
     )
+    priority: Priority | None = Field(None, description=PRIORITY_DESCRIPTION)
 
 
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str | None = None
+    embeddings: dict[str, list[float] | list[int] | str] | None = Field(
+        None, description="With `embedding_types`: the vector in each form asked (instead of `embedding`)."
+    )
 
 
 class Usage(BaseModel):
@@ -60,6 +90,12 @@ class ModelCard(BaseModel):
     dimension: int | None = Field(None, description="Length of the model's full vectors.")
     modalities: list[str] | None = Field(None, description="What one input may be: text, image, video.")
     matryoshka: bool | None = Field(None, description="Whether `dimensions` may cut its vectors.")
+    quantization: dict[str, Any] | None = Field(
+        None, description="Where int8/uint8 ranges come from: {source: builtin|file, samples}; null: none (no int8)."
+    )
+    input_types: dict[str, str] | None = Field(
+        None, description="The instruction each `input_type` selects (absent: the model's default instruction)."
+    )
     status: str = Field("ok", description="loading, ok or error.")
 
 

@@ -54,6 +54,7 @@ class RequestRecord:
     route: str = "unmatched"
     status: int = 0
     model: str | None = None  # the served model that answered
+    priority: str | None = None  # interactive or bulk, once its items reached the engine
     modalities: Counter[str] = field(default_factory=Counter)
     tokens: int | None = None
     work_started: float | None = None  # the use case began (parsing, fetching, decoding, tokenising)

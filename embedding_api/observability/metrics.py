@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from embedding_api.families.base import PreparedItem
+from embedding_api.items import DEFAULT_PRIORITY, Priority
 from embedding_api.observability.logs import (
     RequestRecord,
     current_request,
@@ -59,15 +60,20 @@ class ModelInfo:
 
 
 class _LiveState(Collector):
-    """Read at scrape time: the queue depth and the served model (once loaded)."""
+    """Read at scrape time: the queue depth (by priority) and the served model (once loaded)."""
 
-    def __init__(self, queue_depth: Callable[[], int], model_info: Callable[[], list[ModelInfo]]) -> None:
+    def __init__(
+        self, queue_depth: Callable[[], Mapping[Priority, int]], model_info: Callable[[], list[ModelInfo]]
+    ) -> None:
         self._queue_depth = queue_depth
         self._model_info = model_info
 
     def collect(self) -> Iterator[Metric]:
-        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting for the device.")
-        depth.add_metric([], self._queue_depth())
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Items waiting for the device, by priority.", labels=["priority"]
+        )
+        for priority, count in self._queue_depth().items():
+            depth.add_metric([priority], count)
         yield depth
         info = GaugeMetricFamily(
             f"{PREFIX}_model_info",
@@ -96,7 +102,7 @@ class Metrics:
 
     def __init__(
         self,
-        queue_depth: Callable[[], int] = lambda: 0,
+        queue_depth: Callable[[], Mapping[Priority, int]] = dict,
         model_info: Callable[[], list[ModelInfo]] = list,
     ) -> None:
         self.registry = CollectorRegistry()
@@ -128,7 +134,8 @@ class Metrics:
         )
         self.queue_seconds = Histogram(
             f"{PREFIX}_queue_seconds",
-            "Per request: time its items waited for a batch (the longest).",
+            "Per request: time its items waited for a batch (the longest), by priority.",
+            ["priority"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -149,8 +156,8 @@ class Metrics:
         )
         self.items = Counter(
             f"{PREFIX}_items",
-            "Embedded items by modality (text, image, video, fused).",
-            ["modality"],
+            "Embedded items by modality (text, image, video, fused) and priority (interactive, bulk).",
+            ["modality", "priority"],
             registry=registry,
         )
         self.fetch_seconds = Histogram(
@@ -170,12 +177,13 @@ class Metrics:
 
     # ---- hooks the engine and the media resolver call -----------------------------------------------------
 
-    def items_queued(self, items: list[PreparedItem]) -> None:
+    def items_queued(self, items: list[PreparedItem], priority: Priority) -> None:
         """Engine hook: a request's items reached the queue (runs in that request's context)."""
         record = current_request.get()
         if record is None:  # warm-up and health canaries
             return
         record.queued_at = time.perf_counter()
+        record.priority = priority
         record.modalities.update(modality_of(item.modalities) for item in items)
 
     def batch_run(self, size: int, tokens: int, seconds: float) -> None:
@@ -197,11 +205,12 @@ class Metrics:
         self.request_seconds.labels(record.route).observe(seconds)
         if not 200 <= record.status < 300:
             return
+        priority = record.priority or DEFAULT_PRIORITY
         for modality, count in record.modalities.items():
-            self.items.labels(modality).inc(count)
+            self.items.labels(modality, priority).inc(count)
         if record.preprocess_ms is not None:
             self.preprocess_seconds.observe(record.preprocess_ms / 1000)
         if record.queue_ms is not None:
-            self.queue_seconds.observe(record.queue_ms / 1000)
+            self.queue_seconds.labels(priority).observe(record.queue_ms / 1000)
         if record.inference_ms is not None:
             self.inference_seconds.observe(record.inference_ms / 1000)

@@ -3,8 +3,8 @@ callers get vectors and decide how to write them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,11 +12,12 @@ import numpy as np
 from embedding_api.engine.batcher import Engine
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import EmbeddingFamily
-from embedding_api.items import blank_is_none, item_instruction
+from embedding_api.items import DEFAULT_PRIORITY, Priority, blank_is_none, item_instruction
 from embedding_api.media.parse import ItemSpec, check_instruction
 from embedding_api.media.resolve import MediaResolver
-from embedding_api.service.limits import parse_within_limits, run_items, within_request_timeout
+from embedding_api.service.limits import parse_off_loop, run_items, within_request_timeout
 from embedding_api.service.options import EmbeddingOptions, ServerDefaults
+from embedding_api.service.quantize import NEEDS_RANGES, PRECISIONS, Calibration, quantize
 from embedding_api.settings import Settings
 
 
@@ -28,6 +29,7 @@ class Embeddings:
     tokens: int
     queue_ms: float
     inference_ms: float
+    compact: dict[str, np.ndarray] = field(default_factory=dict)  # int8, uint8, binary, ubinary: as asked
 
 
 class EmbeddingService:
@@ -49,6 +51,7 @@ class EmbeddingService:
         self.defaults = defaults
         self.model_name = name or settings.model_name
         self._able = able  # which served models can do something (for errors that name them)
+        self.calibration: Calibration | None = None  # int8/uint8 ranges (set by the runtime once computed)
 
     @property
     def family(self) -> EmbeddingFamily:
@@ -61,16 +64,41 @@ class EmbeddingService:
         instruction: str | None = None,
         normalize: bool = True,
         truncate: bool = True,
+        input_type: str | None = None,
+        precisions: Sequence[str] = (),
+        precisions_param: str = "encoding_format",
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> EmbeddingOptions:
-        """The request's options over the server's defaults (400 for a `dimensions` the model cannot give)."""
+        """The request's options over the server's defaults (400 for a `dimensions` the model cannot give, or an
+        int8/uint8 this model has no calibration for)."""
         if instruction is not None:
             check_instruction(instruction, self.settings.max_instruction_chars, "instruction")
             if blank_is_none(instruction) and not self.family.takes_instructions:
                 raise self._cannot({"instruction"}, "takes no instruction", "instruction")
         if dimensions is not None and not self.family.matryoshka and dimensions != self.family.dimension:
             raise self._cannot({"dimensions"}, "was not trained to be cut (no Matryoshka `dimensions`)", "dimensions")
+        unknown = [name for name in precisions if name not in PRECISIONS]
+        if unknown:
+            message = f"{unknown[0]!r} is not one of {', '.join(PRECISIONS)}"
+            raise ApiError(ErrorKind.INVALID_REQUEST, message, param=precisions_param)
+        ranged = [name for name in precisions if name in NEEDS_RANGES]
+        if ranged and self.calibration is None:
+            raise ApiError(
+                ErrorKind.INVALID_REQUEST,
+                f"{ranged[0]} needs calibration ranges and model {self.model_name!r} has none (BUILTIN_CALIBRATION "
+                "is off and no calibration file is set); ask for float, base64, binary or ubinary",
+                param=precisions_param,
+                code="calibration_unavailable",
+            )
         return EmbeddingOptions.merged(
-            self.defaults, dimensions=dimensions, instruction=instruction, normalize=normalize, truncate=truncate
+            self.defaults,
+            dimensions=dimensions,
+            instruction=instruction,
+            normalize=normalize,
+            truncate=truncate,
+            input_type=input_type,
+            precisions=precisions,
+            priority=priority,
         )
 
     async def embed(self, raw_input: Any, options: EmbeddingOptions) -> Embeddings:
@@ -108,14 +136,28 @@ class EmbeddingService:
 
     async def _embed(self, raw_input: Any, options: EmbeddingOptions) -> Embeddings:
         settings = self.settings
-        specs = parse_within_limits(raw_input, settings, settings.max_inputs_per_request)
+        specs = await parse_off_loop(raw_input, settings, settings.max_inputs_per_request)
         self._check_capabilities(specs)
         items = await self.resolver.resolve(specs)
         for item in items:
-            item.instruction = item_instruction(item.instruction, options.instruction)
+            item.instruction = item_instruction(item.instruction, options.instruction, options.preset)
             item.truncate = options.truncate
         params = [spec.param for spec in specs]
         advice = "split it into several requests"
-        result = await run_items(self.engine, items, params, settings, param="input", advice=advice)
+        result = await run_items(
+            self.engine, items, params, settings, param="input", advice=advice, priority=options.priority
+        )
         vectors = self.engine.family.finish(result.pooled, options.dimensions, options.normalize)
-        return Embeddings(vectors, result.tokens, result.queue_ms, result.inference_ms)
+        return Embeddings(vectors, result.tokens, result.queue_ms, result.inference_ms, self.compact(vectors, options))
+
+    def compact(self, vectors: np.ndarray, options: EmbeddingOptions) -> dict[str, np.ndarray]:
+        """The finished vectors in each compact form the options ask for; int8/uint8 against the calibration's
+        ranges for vectors finished the same way (same `dimensions`, same normalisation)."""
+        compact: dict[str, np.ndarray] = {}
+        for precision in options.precisions:
+            ranges = None
+            if precision in NEEDS_RANGES:
+                assert self.calibration is not None  # checked by `options`
+                ranges = self.calibration.ranges_for(options.dimensions, options.normalize)
+            compact[precision] = quantize(vectors, precision, ranges)
+        return compact

@@ -10,7 +10,7 @@ import numpy as np
 
 from embedding_api.engine.batcher import Engine
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.items import Item, item_instruction
+from embedding_api.items import DEFAULT_PRIORITY, Item, Priority, item_instruction
 from embedding_api.media.parse import ItemSpec, check_instruction
 from embedding_api.media.resolve import MediaResolver
 from embedding_api.service.limits import parse_within_limits, run_items, within_request_timeout
@@ -44,10 +44,17 @@ class RerankService:
         self.model_name = name
 
     async def rerank(
-        self, query: Any, documents: list[Any], *, instruction: str | None = None, truncate: bool = True
+        self,
+        query: Any,
+        documents: list[Any],
+        *,
+        instruction: str | None = None,
+        truncate: bool = True,
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> Reranked:
-        """Score every document against the query, bounded by REQUEST_TIMEOUT."""
-        return await within_request_timeout(self.settings, self._rerank(query, documents, instruction, truncate))
+        """Score every document against the query at `priority`, bounded by REQUEST_TIMEOUT."""
+        work = self._rerank(query, documents, instruction, truncate, priority)
+        return await within_request_timeout(self.settings, work)
 
     def _parse(self, raw: Any, old: str, new: str, max_items: int) -> list[ItemSpec]:
         try:
@@ -55,7 +62,9 @@ class RerankService:
         except ApiError as error:
             raise _renamed(error, old, new) from None
 
-    async def _rerank(self, query: Any, documents: list[Any], instruction: str | None, truncate: bool) -> Reranked:
+    async def _rerank(
+        self, query: Any, documents: list[Any], instruction: str | None, truncate: bool, priority: Priority
+    ) -> Reranked:
         settings = self.settings
         if instruction is not None:
             check_instruction(instruction, settings.max_instruction_chars, "instruction")
@@ -91,6 +100,8 @@ class RerankService:
         ]
         params = [spec.param for spec in document_specs]
         advice = "send fewer or shorter documents"
-        result = await run_items(self.engine, pairs, params, settings, param="documents", advice=advice)
+        result = await run_items(
+            self.engine, pairs, params, settings, param="documents", advice=advice, priority=priority
+        )
         scores = self.engine.family.score(result.pooled)  # type: ignore[attr-defined]
         return Reranked(np.asarray(scores, dtype=np.float32), result.tokens, result.queue_ms, result.inference_ms)

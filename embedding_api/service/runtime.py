@@ -4,12 +4,14 @@ service), the media client and the server-wide admission."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 
 from embedding_api.catalog import CatalogError, ModelSpec, model_specs
 from embedding_api.engine.batcher import Budget, Engine, EngineObserver
@@ -24,6 +26,7 @@ from embedding_api.media.resolve import MediaResolver
 from embedding_api.service.admission import Admission
 from embedding_api.service.embeddings import EmbeddingService
 from embedding_api.service.options import DefaultsError, ServerDefaults
+from embedding_api.service.quantize import CALIBRATION_TEXTS, Calibration, CalibrationError, from_file, from_pooled
 from embedding_api.service.rerank import RerankService
 from embedding_api.settings import Settings
 
@@ -272,6 +275,10 @@ class Runtime:
             await self._load(model)
             if model.status == "error":
                 return
+        # What is loaded now (models, tokenizers: ~450k objects) lives as long as the server; hidden from the
+        # collector, a full collection no longer walks it all, stopping every thread (queries included) for up to
+        # a second while a 2,048-text request churns through. Undone in `stop`.
+        gc.freeze()
 
     async def _load(self, model: ServedModel) -> None:
         settings, spec = self.settings, model.spec
@@ -286,7 +293,14 @@ class Runtime:
             return
         dimension = spec.embedding_dimension or (settings.embedding_dimension if family.matryoshka else None)
         try:
-            defaults = ServerDefaults.checked(family.dimension, dimension, spec.path)
+            defaults = ServerDefaults.checked(
+                family.dimension,
+                dimension,
+                spec.path,
+                kind=family.kind,
+                takes_instructions=family.takes_instructions,
+                input_types=spec.input_types,
+            )
         except DefaultsError as exc:
             self._fail(str(exc), model)
             return
@@ -298,7 +312,13 @@ class Runtime:
             spec.max_batch_pixels or settings.max_batch_pixels or (GPU_BATCH_PIXELS if on_gpu else CPU_BATCH_PIXELS),
             spec.max_batch_size or settings.max_batch_size,
         )
-        engine = Engine(family, budget, max_queued_items=settings.max_queued_items, observer=self.engine_observer)
+        engine = Engine(
+            family,
+            budget,
+            max_queued_items=settings.max_queued_items,
+            observer=self.engine_observer,
+            bulk_max_wait=settings.bulk_max_wait_ms / 1000,
+        )
         engine.start()
         assert self.client is not None
         resolver = MediaResolver(self.fetcher(), self.media_limits(family), on_fetched=self.on_media_fetched)
@@ -314,9 +334,40 @@ class Runtime:
             await engine.stop()
             self._fail(f"warming up the model from {where} on {family.device} failed: {exc}", model)
             return
+        if service is not None:
+            try:
+                service.calibration = await self._calibration(spec, family, engine, defaults)
+            except CalibrationError as exc:
+                await engine.stop()
+                self._fail(f"model {spec.name!r}: {exc}", model)
+                return
+            except Exception as exc:  # the built-in set failed to embed (device fault, out of memory)
+                await engine.stop()
+                self._fail(f"calibrating the model from {where} for int8/uint8 failed: {exc}", model)
+                return
         model.family, model.engine, model.service, model.reranker = family, engine, service, reranker
         model.status = "ok"
         log.info("ready: serving %s (%s) on %s", spec.name, family.kind, family.device)
+
+    async def _calibration(
+        self, spec: ModelSpec, family: EmbeddingFamily, engine: Engine, defaults: ServerDefaults
+    ) -> Calibration | None:
+        """A model's int8/uint8 ranges: its calibration file (else QUANTIZATION_CALIBRATION), else the built-in texts
+        embedded now, as documents and (where the model has a query instruction) as queries; None when off."""
+        path = spec.calibration or self.settings.quantization_calibration
+        if path:
+            return await asyncio.to_thread(from_file, path, family.dimension, family.finish)
+        if not self.settings.builtin_calibration or "text" not in family.modalities:
+            return None
+        items = [Item(texts=[text]) for text in CALIBRATION_TEXTS]
+        query = defaults.presets.get("query")
+        if query:
+            items += [Item(texts=[text], instruction=query) for text in CALIBRATION_TEXTS]
+        chunk = max(1, self.settings.max_queued_items)  # never more than the queue takes at once
+        pooled = []
+        for start in range(0, len(items), chunk):
+            pooled.append((await engine.embed(await engine.prepare(items[start : start + chunk]))).pooled)
+        return from_pooled(np.concatenate(pooled), family.finish)
 
     async def engine_is_healthy(self) -> bool:
         """After repeated engine faults, a canary embedding decides; green health while every request fails is a lie."""
@@ -346,6 +397,7 @@ class Runtime:
                 await model.engine.stop()
         if self.client is not None:
             await self.client.aclose()
+        gc.unfreeze()  # what this runtime held may be collected again
 
 
 def _canary(text: str, family: EmbeddingFamily) -> Item:

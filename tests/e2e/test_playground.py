@@ -99,6 +99,19 @@ def test_playground_in_a_browser(tiny_model_dir: Path, tiny_family: EmbeddingFam
                 assert text in labels
             assert "noise.png" in labels
 
+            # a compact precision: bytes per vector saved, and each item's rank under it beside its float rank
+            assert page.inner_text("#precision-info") == ""
+            for precision, size in (("int8", 64), ("binary", 8)):
+                page.select_option("#precision", precision)
+                info = page.inner_text("#precision-info")
+                assert f"{precision}: {size} B per vector instead of 256 B (float32)" in info
+                assert "change rank" in info
+                ranks = page.eval_on_selector_all("#ranking li", "ls => ls.map(l => +l.dataset.precisionRank)")
+                assert sorted(ranks) == [1, 2, 3, 4]
+                assert ranks[0] == 1  # the query itself stays first
+            page.select_option("#precision", "float")
+            assert page.inner_text("#precision-info") == ""
+
             # the key is only stored when the box is ticked
             assert page.evaluate("localStorage.length") == 0
             page.check("#remember")

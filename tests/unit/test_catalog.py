@@ -97,3 +97,44 @@ def test_a_missing_toml_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as caught:
         model_specs(settings(models_config=str(tmp_path / "nope.toml")))
     assert "cannot be read" in str(caught.value)
+
+
+def test_toml_gives_a_calibration_file_and_input_type_presets(tmp_path: Path) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text(
+        """
+[[models]]
+name = "qe"
+path = "models/qe"
+calibration = "calibration/qe.npy"
+
+[models.input_types]
+query = "Find the answer"
+clustering = "Group by topic"
+
+[[models]]
+name = "vl"
+path = "models/vl"
+""",
+        encoding="utf-8",
+    )
+    specs = model_specs(settings(models_config=str(config)))
+    assert specs[0].calibration == "calibration/qe.npy"
+    assert specs[0].input_types == (("clustering", "Group by topic"), ("query", "Find the answer"))
+    assert specs[1].calibration is None and specs[1].input_types == ()
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ("[models.input_types]\nsearch = 'x'\n", "input_types: unknown 'search'"),
+        ("[models.input_types]\nquery = 3\n", "input_types must be a table of strings"),
+        ("input_types = 'query'\n", "input_types must be a table of strings"),
+    ],
+)
+def test_bad_input_types_are_one_sentence(tmp_path: Path, table: str, fragment: str) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text(f"[[models]]\nname = 'a'\npath = 'p'\n{table}", encoding="utf-8")
+    with pytest.raises(CatalogError) as caught:
+        model_specs(settings(models_config=str(config)))
+    assert str(caught.value).startswith(f"MODELS_CONFIG={config}") and fragment in str(caught.value)

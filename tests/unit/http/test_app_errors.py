@@ -81,7 +81,7 @@ def test_dimensions_at_the_bounds_are_accepted(client: TestClient, tiny_family: 
         assert len(response.json()["data"][0]["embedding"]) == size
 
 
-@pytest.mark.parametrize("encoding_format", ["int8", "FLOAT", "", 5, None])
+@pytest.mark.parametrize("encoding_format", ["int4", "FLOAT", "", 5, None])
 def test_bad_encoding_format(client: TestClient, encoding_format: Any) -> None:
     error = openai_error(embed(client, input="hi", encoding_format=encoding_format), 400)
     assert error["param"] == "encoding_format"

@@ -22,6 +22,8 @@ def assert_model_card(card: dict[str, Any], name: str) -> None:
         "modalities",
         "matryoshka",
         "status",
+        "quantization",
+        "input_types",
     }
     assert card["id"] == name
     assert (card["family"], card["dimension"], card["modalities"], card["matryoshka"], card["status"]) == (

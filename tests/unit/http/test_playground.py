@@ -15,6 +15,7 @@ def test_page_is_public_html(client: TestClient) -> None:
     assert "<title>Embedding playground" in response.text
     assert "v1/embeddings" in response.text
     assert "only meaningful with real weights" in response.text
+    assert 'id="precision"' in response.text and "embedding_types" in response.text  # the precision selector
     assert "http://" not in response.text and "https://" not in response.text  # no external resources
 
 

@@ -197,7 +197,7 @@ NEGATIVE_BODIES: list[tuple[str, Any, int]] = [
     ("dimensions too large", {"input": "a", "dimensions": 10**9}, 400),
     ("dimensions string", {"input": "a", "dimensions": "eight"}, 400),
     ("dimensions float", {"input": "a", "dimensions": 4.5}, 400),
-    ("encoding_format unknown", {"input": "a", "encoding_format": "int8"}, 400),
+    ("encoding_format unknown", {"input": "a", "encoding_format": "int4"}, 400),
     ("normalize string", {"input": "a", "normalize": "maybe"}, 400),
     ("instruction number", {"input": "a", "instruction": 7}, 400),
     ("wrong model", {"input": "a", "model": "text-embedding-3-small"}, 404),
