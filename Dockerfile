@@ -15,8 +15,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first, in their own layer: code changes do not reinstall torch.
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# WITH_RAY=1 adds Ray Serve and Ray Data (requirements-ray.txt) for `serve-ray`, `batch --ray` and KubeRay
+# (deploy/rayservice.yaml): `docker build --build-arg WITH_RAY=1 -t embedding-api:ray .`
+ARG WITH_RAY=0
+COPY requirements.txt requirements-ray.txt ./
+RUN pip install --no-cache-dir -r requirements.txt \
+    && if [ "$WITH_RAY" = "1" ]; then pip install --no-cache-dir -r requirements-ray.txt; fi
 
 COPY embedding_api/ embedding_api/
 
