@@ -15,6 +15,7 @@ import bisect
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -101,6 +102,7 @@ class Engine:
         cpu_workers: int = 2,
         observer: EngineObserver | None = None,
         bulk_max_wait: float = 2.0,
+        cpu_thread_setup: Callable[[], None] | None = None,
     ) -> None:
         self.family = family
         self.observer = observer
@@ -108,11 +110,13 @@ class Engine:
         self.max_queued_items = max_queued_items
         self.policy = PriorityPolicy(bulk_max_wait, time.perf_counter)
         self._cpu_workers = cpu_workers
-        self._cpu = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu")
+        # `cpu_thread_setup` runs first in every thread but the device's (the family's rule for helper threads).
+        setup = cpu_thread_setup
+        self._cpu = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu", initializer=setup)
         # Bulk preparation has a pool of its own: a query's tokenising never queues behind 2,048 bulk items'.
-        self._cpu_bulk = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu-bulk")
+        self._cpu_bulk = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu-bulk", initializer=setup)
         # Collation has a thread of its own so a flood of per-item work never delays the next batch.
-        self._collate = ThreadPoolExecutor(1, thread_name_prefix="embed-collate")
+        self._collate = ThreadPoolExecutor(1, thread_name_prefix="embed-collate", initializer=setup)
         self._device = ThreadPoolExecutor(1, thread_name_prefix="embed-device")
         self._pending: list[_Entry] = []
         self._wake = asyncio.Event()

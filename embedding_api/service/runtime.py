@@ -4,11 +4,13 @@ service), the media client and the server-wide admission."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -17,7 +19,7 @@ from embedding_api.catalog import CatalogError, ModelSpec, model_specs
 from embedding_api.engine.batcher import Budget, Engine, EngineObserver
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import EmbeddingFamily
-from embedding_api.families.device import cuda_available
+from embedding_api.families.device import cpu_thread_setup, cuda_available
 from embedding_api.families.loader import ModelUnavailable, has_random_weights, load_family
 from embedding_api.items import Item
 from embedding_api.media.decode import MediaLimits
@@ -31,6 +33,7 @@ from embedding_api.service.rerank import RerankService
 from embedding_api.settings import Settings
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 FamilyLoader = Callable[[Settings, ModelSpec], EmbeddingFamily]
 UNHEALTHY_AFTER_FAILURES = 3
@@ -284,7 +287,7 @@ class Runtime:
         settings, spec = self.settings, model.spec
         where = _path_setting(settings, spec)
         try:
-            family = await asyncio.to_thread(self.loader, settings, spec)
+            family = await _in_passing_thread(self.loader, settings, spec)
         except ModelUnavailable as exc:
             self._fail(str(exc), model)
             return
@@ -318,6 +321,7 @@ class Runtime:
             max_queued_items=settings.max_queued_items,
             observer=self.engine_observer,
             bulk_max_wait=settings.bulk_max_wait_ms / 1000,
+            cpu_thread_setup=cpu_thread_setup(family.device),
         )
         engine.start()
         assert self.client is not None
@@ -410,3 +414,19 @@ def _path_setting(settings: Settings, spec: ModelSpec) -> str:
     if len(settings.models.strip()) == 0 and not settings.models_config:
         return f"MODEL_PATH={spec.path}"
     return f"model {spec.name!r} ({spec.path})"
+
+
+async def _in_passing_thread(function: Callable[..., Result], *args: Any) -> Result:
+    """`function(*args)` on a thread that ends with it. Loading computes in parallel on the CPU, and the OpenMP team
+    a thread starts lives as long as the thread: an idle pool thread's team would cut the device thread's team's
+    spin-wait for good (`families.device.serial_cpu_thread`)."""
+    outcome: concurrent.futures.Future[Result] = concurrent.futures.Future()
+
+    def work() -> None:
+        try:
+            outcome.set_result(function(*args))
+        except BaseException as exc:  # handed to the awaiting coroutine as it is
+            outcome.set_exception(exc)
+
+    threading.Thread(target=work, name="model-load", daemon=True).start()
+    return await asyncio.wrap_future(outcome)

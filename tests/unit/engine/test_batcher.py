@@ -257,3 +257,23 @@ def test_cancelled_request_stops_its_running_cpu_work(tiny_family: EmbeddingFami
     run(scenario())
     assert items[0].abandoned.is_set()
     assert 2 <= frames.read <= 12
+
+
+def test_helper_threads_run_the_setup_and_the_device_thread_does_not(tiny_family: EmbeddingFamily) -> None:
+    import threading
+
+    set_up: list[str] = []
+
+    async def scenario() -> None:
+        engine = Engine(
+            tiny_family, Budget(max_items=4), cpu_thread_setup=lambda: set_up.append(threading.current_thread().name)
+        )
+        engine.start()
+        try:
+            await _embed_alone(engine, texts("a", "b"))
+        finally:
+            await engine.stop()
+
+    run(scenario())
+    assert set_up and all(name.startswith("embed-cpu") or name.startswith("embed-collate") for name in set_up)
+    assert not any(name.startswith("embed-device") for name in set_up)

@@ -43,3 +43,20 @@ def test_a_gpu_index_past_the_visible_ones(monkeypatch: pytest.MonkeyPatch) -> N
         "DEVICE=cuda:2 was asked for but this machine shows 2 CUDA device(s), numbered from cuda:0; "
         "set DEVICE=cuda, auto or a lower cuda:N."
     )
+
+
+def test_a_serial_helper_thread_computes_alone_and_leaves_the_others_their_width() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedding_api.families.device import cpu_thread_setup, serial_cpu_thread
+
+    width = torch.get_num_threads()
+    with ThreadPoolExecutor(1, initializer=serial_cpu_thread) as helper:
+        assert helper.submit(torch.get_num_threads).result() == 1
+        matrix = torch.randn(600, 600)  # big enough for a parallel op, were the thread parallel
+        assert torch.allclose(helper.submit(lambda: matrix @ matrix).result(), matrix @ matrix, atol=1e-4)
+    with ThreadPoolExecutor(1) as other:
+        assert other.submit(torch.get_num_threads).result() == width  # new threads keep the process's width
+    assert torch.get_num_threads() == width
+    assert cpu_thread_setup("cpu") is serial_cpu_thread
+    assert cpu_thread_setup("cuda:0") is None

@@ -214,3 +214,19 @@ def test_a_checkpoint_that_is_not_the_random_demo_has_no_note() -> None:
     runtime = run_runtime(Runtime(make_settings(), loader=lambda *_: ToyFamily()))
     assert runtime.random_weights is False
     assert runtime.random_weights_note is None
+
+
+def test_the_model_loads_on_a_thread_that_ends_with_the_load() -> None:
+    import threading
+
+    loaded_on: list[threading.Thread] = []
+
+    def loader(*_: object) -> ToyFamily:
+        loaded_on.append(threading.current_thread())
+        return ToyFamily()
+
+    runtime = run_runtime(Runtime(make_settings(), loader=loader))
+    assert runtime.status == "ok"
+    assert loaded_on[0] is not threading.main_thread()
+    loaded_on[0].join(timeout=5)
+    assert not loaded_on[0].is_alive()  # its OpenMP team went with it
