@@ -591,7 +591,9 @@ LONG_JOBS: dict[str, Callable[[], tuple[dict[str, Any], dict[str, Any], Callable
 
 def _long_forward_pass() -> tuple[dict[str, Any], dict[str, Any], Callable[[], None]]:
     # One forward pass of 32 x 8,000 tokens: about 15 s on the tiny model, and a forward pass cannot be interrupted.
-    return {"input": ["word " * 8000] * 32}, {"max_batch_tokens": 300_000}, lambda: None
+    # Each text starts differently: identical texts would share their whole prefix and cost one text's pass.
+    texts = [f"{index} " + "word " * 8000 for index in range(32)]
+    return {"input": texts}, {"max_batch_tokens": 300_000}, lambda: None
 
 
 def _slow_media_url() -> tuple[dict[str, Any], dict[str, Any], Callable[[], None]]:
