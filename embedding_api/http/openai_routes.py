@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 
 from fastapi import APIRouter, Request
@@ -14,6 +16,7 @@ from embedding_api.http.wire import ERROR_RESPONSES, EmbeddingRequest, Embedding
 from embedding_api.service.runtime import ServedModel
 
 router = APIRouter()
+_ENCODE_ON_LOOP = 256  # vectors written on the event loop itself; more go to a thread
 _STARTED = int(time.time())
 
 
@@ -41,7 +44,8 @@ async def create_embeddings(request: Request) -> Response:
             priority=request_priority(request, body.priority),
         )
         answer = await run_embedding(request, service, body.input, options)
-    payload = embeddings_response(
+    encode = functools.partial(
+        embeddings_response,
         answer.vectors,
         encoding_format=body.encoding_format,
         model=service.model_name,
@@ -49,6 +53,9 @@ async def create_embeddings(request: Request) -> Response:
         compact=answer.compact,
         embedding_types=body.embedding_types,
     )
+    # Thousands of vectors take tens of milliseconds to write: off the event loop, so other requests' answers and
+    # dispatch keep going meanwhile (the writing thread yields the interpreter at every switch interval).
+    payload = await asyncio.to_thread(encode) if len(answer.vectors) > _ENCODE_ON_LOOP else encode()
     return Response(payload, media_type="application/json", headers=timing_headers(answer, started))
 
 
