@@ -423,6 +423,8 @@ async def _in_passing_thread(function: Callable[..., Result], *args: Any) -> Res
     outcome: concurrent.futures.Future[Result] = concurrent.futures.Future()
 
     def work() -> None:
+        if not outcome.set_running_or_notify_cancel():  # once running, a stop no longer cancels it: it just ends
+            return
         try:
             outcome.set_result(function(*args))
         except BaseException as exc:  # handed to the awaiting coroutine as it is
