@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from embedding_api.engine.memory import keep_freed_memory_for_reuse
 from embedding_api.families.loader import load_family
 from embedding_api.http.body import parse_body
 from embedding_api.http.encoding import embeddings_response
@@ -25,6 +26,7 @@ from embedding_api.settings import Settings
 
 
 def create_naive_app(settings: Settings) -> FastAPI:
+    keep_freed_memory_for_reuse()  # the heap as our server sets it: the comparison is about batching alone
     family = load_family(settings)
     lock = asyncio.Lock()
     app = FastAPI()

@@ -33,43 +33,70 @@ MIN_SHARED_TOKENS = 8
 # How many earlier sequences of the batch a sequence is compared with (one request's items are adjacent).
 LOOKBACK = 4
 
-_layout = threading.local()  # the running forward pass's spans (the device thread's own)
+_layout = threading.local()  # the running forward pass's plan (the device thread's own)
+
+
+@dataclass(frozen=True)
+class _SpanPlan:
+    """How one sequence's attention is computed in every layer of a forward pass."""
+
+    own: slice  # the sequence's own rows of the packed row (its output rows)
+    gather: torch.Tensor | None  # rows read for its queries, keys and values, context first (None: `own` alone)
+    mask: torch.Tensor | None  # keys each own query sees, when the queries are its own rows only
+
+
+def _plan(span: Span, device: torch.device) -> _SpanPlan:
+    own = slice(span.start, span.end)
+    if not span.context:
+        return _SpanPlan(own, None, None)
+    rows = torch.cat([torch.arange(start, end) for start, end in (*span.context, (span.start, span.end))])
+    shared, length = span.context_length, span.end - span.start
+    if shared <= length:
+        # The shared tokens' queries are in the row too: attend as the whole sequence (square, causal, as run
+        # alone) and keep the own rows; costs a few extra query rows, and the kernel skips masked blocks.
+        return _SpanPlan(own, rows.to(device), None)
+    # A long context before a short tail (a reranker's long query): the tail's queries alone, every context key,
+    # then causal over the tail (the lower-right causal mask).
+    mask = torch.ones(length, shared + length, dtype=torch.bool).tril(shared)[None, None]
+    return _SpanPlan(own, rows.to(device), mask.to(device))
 
 
 @contextmanager
-def packed_sequences(spans: list[Span]) -> Iterator[None]:
+def packed_sequences(spans: list[Span], device: torch.device | str = "cpu") -> Iterator[None]:
     """Within this block, causal attention on this thread treats the row as these sequences."""
-    _layout.spans = spans
+    _layout.plans = [_plan(span, torch.device(device)) for span in spans]
     try:
         yield
     finally:
-        _layout.spans = None
+        _layout.plans = None
+
+
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: Any) -> Any:
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+    )
 
 
 def _attention(
     module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
 ) -> tuple[torch.Tensor, None]:
-    spans: list[Span] | None = getattr(_layout, "spans", None)
-    if spans is None or not getattr(module, "is_causal", False):
+    plans: list[_SpanPlan] | None = getattr(_layout, "plans", None)
+    if plans is None or not getattr(module, "is_causal", False):
         output: tuple[torch.Tensor, None] = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         return output
-    kwargs.pop("is_causal", None)
-    parts = []
-    for span in spans:
-        own = slice(span.start, span.end)
-        if not span.context:
-            keys, values, mask = key[:, :, own], value[:, :, own], None
+    scale = kwargs.get("scaling")
+    # (batch, rows, heads, head_dim), as transformers' attention modules read it back
+    output_rows = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
+    for plan in plans:
+        if plan.gather is None:
+            part = _sdpa(query[:, :, plan.own], key[:, :, plan.own], value[:, :, plan.own], None, scale)
         else:
-            ranges = [slice(start, end) for start, end in span.context] + [own]
-            keys = torch.cat([key[:, :, part] for part in ranges], dim=2)
-            values = torch.cat([value[:, :, part] for part in ranges], dim=2)
-            # every context token, then causal over the sequence's own tokens (the lower-right causal mask)
-            length, shared = span.end - span.start, span.context_length
-            mask = torch.ones(length, shared + length, dtype=torch.bool, device=query.device).tril(shared)[None, None]
-        parts.append(
-            sdpa_attention_forward(module, query[:, :, own], keys, values, mask, is_causal=mask is None, **kwargs)[0]
-        )
-    return torch.cat(parts, dim=1), None
+            keys, values = key.index_select(2, plan.gather), value.index_select(2, plan.gather)
+            queries = query[:, :, plan.own] if plan.mask is not None else query.index_select(2, plan.gather)
+            part = _sdpa(queries, keys, values, plan.mask, scale)
+        length = plan.own.stop - plan.own.start
+        output_rows[:, plan.own] = part[:, :, part.shape[2] - length :].transpose(1, 2)
+    return output_rows, None
 
 
 def register() -> str:

@@ -390,7 +390,7 @@ class Qwen3VLFamily:
                 inputs[key] = value
             if batch.spans is not None:  # one packed row: the last token of each sequence
                 rows = torch.tensor([span.end - 1 for span in batch.spans], device=device)
-                with packing.packed_sequences(batch.spans), pooled_rows.pooled_rows(rows):
+                with packing.packed_sequences(batch.spans, device), pooled_rows.pooled_rows(rows):
                     hidden = self.model(**inputs, use_cache=False).last_hidden_state[0]
                 pooled = hidden[rows].float()
             else:  # padded rows (right padding): the last real token of each row

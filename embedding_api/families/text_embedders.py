@@ -161,7 +161,7 @@ class TextEmbedderFamily:
         input_ids = batch.tensors["input_ids"].to(device)
         position_ids = batch.tensors["position_ids"].to(device)
         last = torch.tensor([span.end - 1 for span in spans], device=device)
-        with packing.packed_sequences(spans):
+        with packing.packed_sequences(spans, device):
             hidden = self._forward(last, input_ids=input_ids, position_ids=position_ids)[0]
         if self.recipe.pooling == "mean":  # nothing shared (collate): the spans cover the row in order
             pooled = torch.stack([hidden[span.start : span.end].mean(dim=0) for span in spans])

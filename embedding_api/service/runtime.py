@@ -17,6 +17,7 @@ import numpy as np
 
 from embedding_api.catalog import CatalogError, ModelSpec, model_specs
 from embedding_api.engine.batcher import Budget, Engine, EngineObserver
+from embedding_api.engine.memory import keep_freed_memory_for_reuse
 from embedding_api.errors import ApiError, ErrorKind
 from embedding_api.families.base import EmbeddingFamily
 from embedding_api.families.device import cpu_thread_setup, cuda_available
@@ -263,6 +264,7 @@ class Runtime:
 
     async def start(self) -> None:
         """Open the HTTP client and load the models in the background, so /health can answer 503 meanwhile."""
+        keep_freed_memory_for_reuse()
         self.client = media_client(FetchLimits.from_settings(self.settings))
         if self.catalog_error is not None:
             self._fail(self.catalog_error)
