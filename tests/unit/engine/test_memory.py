@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -33,13 +34,13 @@ print(json.dumps({"chosen": chosen, "mapped": mapped}))
 """
 
 
-def _probe(mode: str, **env: str) -> dict[str, object]:
+def _probe(mode: str, **env: str) -> dict[str, Any]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     environment.update(env)
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, env=environment, timeout=60, check=True
     )
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
