@@ -254,6 +254,12 @@ class Engine:
         chosen = [anchor]
         longest = real = anchor.item.tokens
         pixels = anchor.item.pixels
+        prefixes = {anchor.item.shared_prefix}
+
+        def computed(item: PreparedItem) -> int:
+            """The tokens an item adds to a packed row: a prefix already in the batch is computed once."""
+            shared = item.shared_prefix is not None and item.shared_prefix in prefixes
+            return item.tokens - item.shared_tokens if shared else item.tokens
 
         def grow(pool: list[_Entry], budget: Budget) -> None:
             nonlocal longest, real, pixels
@@ -263,7 +269,7 @@ class Engine:
 
             def fits(entry: _Entry) -> bool:
                 # padding-free batches compute their real tokens only; padded ones their longest item for every row
-                cost = real + entry.item.tokens if packed else max(longest, entry.item.tokens) * (len(chosen) + 1)
+                cost = real + computed(entry.item) if packed else max(longest, entry.item.tokens) * (len(chosen) + 1)
                 return cost <= budget.max_tokens and pixels + entry.item.pixels <= budget.max_pixels
 
             while len(chosen) < budget.max_items:
@@ -278,7 +284,8 @@ class Engine:
                     if fits(entry):
                         chosen.append(entry)
                         longest = max(longest, entry.item.tokens)
-                        real += entry.item.tokens
+                        real += computed(entry.item)
+                        prefixes.add(entry.item.shared_prefix)
                         pixels += entry.item.pixels
                         if side == "low":
                             low -= 1
@@ -303,6 +310,9 @@ class Engine:
             )
         taken = {id(entry) for entry in chosen}
         self._pending = [entry for entry in self._pending if id(entry) not in taken]
+        # Items sharing a prefix sit together, where the family's packing finds them (it looks a few items back).
+        group = {prefix: rank for rank, prefix in enumerate(dict.fromkeys(e.item.shared_prefix for e in chosen))}
+        chosen.sort(key=lambda entry: group[entry.item.shared_prefix])
         return chosen
 
     async def _process(self, entries: list[_Entry]) -> None:

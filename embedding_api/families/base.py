@@ -32,6 +32,10 @@ class PreparedItem:
     tokens: int
     pixels: int = 0
     modalities: tuple[str, ...] = ()
+    # Items with the same key begin with the same `shared_tokens` tokens, which a packed batch computes once (a
+    # reranker's judge prompt and query; an embedder's template and instruction). None: nothing to share.
+    shared_prefix: str | None = None
+    shared_tokens: int = 0
 
 
 @dataclass(frozen=True)

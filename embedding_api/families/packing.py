@@ -71,6 +71,11 @@ def packed_sequences(spans: list[Span], device: torch.device | str = "cpu") -> I
         _layout.plans = None
 
 
+def in_packed_pass() -> bool:
+    """Whether this thread is inside `packed_sequences`."""
+    return getattr(_layout, "plans", None) is not None
+
+
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: Any) -> Any:
     return torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
@@ -97,6 +102,28 @@ def _attention(
         length = plan.own.stop - plan.own.start
         output_rows[:, plan.own] = part[:, :, part.shape[2] - length :].transpose(1, 2)
     return output_rows, None
+
+
+def last_query_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> torch.Tensor | None:
+    """Attention for each sequence's last token alone (`query` holds one row per sequence, in span order) over all
+    of its keys, in the running packed pass; None outside one. Returns (batch, sequences, heads, head_dim)."""
+    plans: list[_SpanPlan] | None = getattr(_layout, "plans", None)
+    if plans is None:
+        return None
+    parts = []
+    for index, plan in enumerate(plans):
+        rows = plan.own if plan.gather is None else plan.gather
+        keys = key[:, :, rows] if plan.gather is None else key.index_select(2, plan.gather)
+        values = value[:, :, rows] if plan.gather is None else value.index_select(2, plan.gather)
+        # the last token sees every key of its sequence: no mask
+        parts.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, index : index + 1], keys, values, scale=scale, enable_gqa=True
+            )
+        )
+    return torch.cat(parts, dim=2).transpose(1, 2)
 
 
 def register() -> str:

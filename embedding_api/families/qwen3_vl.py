@@ -120,7 +120,7 @@ class Qwen3VLFamily:
         self.packs_sequences = getattr(model.config, "_attn_implementation", None) == packing.ATTENTION
         # Where a shared prefix must stop: vision placeholders get their features by order of appearance.
         self._vision_tokens = [model.config.image_token_id, model.config.video_token_id]
-        pooled_rows.wrap_last_mlp(model.language_model.layers)
+        pooled_rows.wrap_last_layer(model.language_model.layers)
         cpu_linear.pack_linears(model)
         self._end_of_turn = "<|im_end|>"
         self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
@@ -317,7 +317,20 @@ class Qwen3VLFamily:
         )
         pixels = sum(im.width * im.height for im in images)
         pixels += sum(int(frames.shape[0] * frames.shape[2] * frames.shape[3]) for frames, _ in videos)
-        return PreparedItem(payload=prompt, tokens=tokens, pixels=pixels, modalities=modalities)
+        prefix = self._shared_prefix(text)
+        return PreparedItem(
+            payload=prompt,
+            tokens=tokens,
+            pixels=pixels,
+            modalities=modalities,
+            shared_prefix=prefix or None,
+            shared_tokens=max(0, self._count_tokens(prefix) - 1) if prefix else 0,  # less one: a merge at the cut
+        )
+
+    def _shared_prefix(self, prompt: str) -> str:
+        """The start of the prompt other items may share: the system block (template and instruction)."""
+        end = prompt.find(self._end_of_turn)
+        return prompt[: end + len(self._end_of_turn)] if end >= 0 else ""
 
     # ---- collate (CPU, per batch) ------------------------------------------------------------------------
 

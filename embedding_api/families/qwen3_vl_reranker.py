@@ -35,6 +35,8 @@ TAIL_TOKENS = 5  # `<|im_end|>`, `\n`, `<|im_start|>`, `assistant`, `\n`: never 
 # A text longer than this many characters per allowed token is cut there before tokenising: the tokens the official
 # cut keeps all lie well before that point (no token spans 64 characters), so the result is the same.
 _MAX_CHARS_PER_TOKEN = 64
+_DOCUMENT_MARKER = "\n<Document>:"
+_VISION_START = "<|vision_start|>"
 
 Visuals = tuple[list[Image.Image], list[tuple[torch.Tensor, dict[str, Any]]]]
 
@@ -85,6 +87,13 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         prepared.payload.cut_to = self.max_length if cut else None
         return prepared
 
+    def _shared_prefix(self, prompt: str) -> str:
+        """Everything before the document: the judge's prompt, the instruction and the query (up to its first
+        image or video, where sharing stops)."""
+        ends = [prompt.find(marker) for marker in (_DOCUMENT_MARKER, _VISION_START)]
+        end = min((index for index in ends if index >= 0), default=-1)
+        return prompt[:end] if end > 0 else ""
+
     def _visuals(self, side: Item, owner: Item) -> Visuals:
         images = [self._resize_image(image) for image in side.images]
         videos = [self._prepare_video(clip, owner) for clip in side.videos]
@@ -97,7 +106,7 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         ]
         for index, ((images, videos), side_texts) in enumerate(zip(sides, texts, strict=True)):
             if index == 1:
-                content.append({"type": "text", "text": "\n<Document>:"})
+                content.append({"type": "text", "text": _DOCUMENT_MARKER})
             parts = [{"type": "video"} for _ in videos] + [{"type": "image"} for _ in images]
             parts += [{"type": "text", "text": text} for text in side_texts]
             content += parts or [{"type": "text", "text": EMPTY_ITEM_TEXT}]

@@ -85,7 +85,7 @@ class TextEmbedderFamily:
         # Pooling the final layer's last token: that layer's MLP is needed for the pooled rows only.
         self._pooled_rows_only = recipe.layer is None and recipe.pooling == "last" and hasattr(model, "layers")
         if self._pooled_rows_only:
-            pooled_rows.wrap_last_mlp(model.layers)
+            pooled_rows.wrap_last_layer(model.layers)
         cpu_linear.pack_linears(model)
 
     # ---- prepare (CPU, per item) -------------------------------------------------------------------------

@@ -95,6 +95,30 @@ def test_cut_sorts_by_length_around_the_oldest(tiny_family: EmbeddingFamily) -> 
     assert [e.item.tokens for e in engine._pending] == [900, 10, 48, 800]
 
 
+def test_a_shared_prefix_counts_once_in_a_packed_batch_and_its_items_sit_together(
+    tiny_family: EmbeddingFamily,
+) -> None:
+    from embedding_api.engine.batcher import _Entry
+
+    assert getattr(tiny_family, "packs_sequences", False)  # the CPU path: padding-free rows
+    loop = asyncio.new_event_loop()
+
+    def entry(name: str, prefix: str | None) -> Any:
+        item = PreparedItem(payload=name, tokens=100, shared_prefix=prefix, shared_tokens=60 if prefix else 0)
+        return _Entry(item, loop.create_future())
+
+    engine = Engine(tiny_family, Budget(max_tokens=300, max_items=64))
+    engine._pending = [entry("q1", "query"), entry("other", None), entry("q2", "query"), entry("q3", "query")]
+    engine._pending.append(entry("q4", "query"))
+    # 100 (q1) + 100 (other) + 40 (q2: its 60 shared tokens are q1's) + 40 (q3) = 280; q4 would make 320
+    assert [e.item.payload for e in engine._cut()] == ["q1", "q2", "q3", "other"]
+    assert [e.item.payload for e in engine._pending] == ["q4"]
+
+    engine._pending = [entry(name, None) for name in ("a", "b", "c", "d")]
+    assert [e.item.payload for e in engine._cut()] == ["a", "b", "c"]  # nothing shared: 3 x 100
+    loop.close()
+
+
 def test_simulated_out_of_memory_splits_the_batch(tiny_family: EmbeddingFamily) -> None:
     family = RecordingFamily(tiny_family, oom_above=2)
     items = texts(*(f"item {i}" for i in range(8)))
