@@ -74,14 +74,15 @@ def release_device_cache() -> None:
 @functools.cache
 def _openmp() -> ctypes.CDLL | None:
     """The OpenMP runtime torch itself loaded (GNU libgomp beside libtorch on Linux wheels; other packages may load
-    copies of their own, which torch's threads never read); None where there is none to find."""
-    torch_libs = os.path.join(os.path.dirname(torch.__file__), "lib")
+    copies of their own, which torch's threads never read); None where there is none to find. The maps list real
+    paths, so torch's is resolved too: a virtual environment reached through a symlink still finds it."""
+    torch_libs = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib"))
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             paths = {line.split()[-1] for line in maps if "libgomp" in line and "/" in line}
     except OSError:
         return None
-    ours = sorted(path for path in paths if os.path.dirname(path) == torch_libs)
+    ours = sorted(path for path in paths if os.path.dirname(os.path.realpath(path)) == torch_libs)
     return ctypes.CDLL(ours[0]) if ours else None
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -60,3 +65,21 @@ def test_a_serial_helper_thread_computes_alone_and_leaves_the_others_their_width
     assert torch.get_num_threads() == width
     assert cpu_thread_setup("cpu") is serial_cpu_thread
     assert cpu_thread_setup("cuda:0") is None
+
+
+def test_torchs_openmp_is_found_from_a_virtual_environment_reached_through_a_symlink(tmp_path: Path) -> None:
+    # a venv mounted or linked elsewhere (a Docker layer, a worktree beside the checkout): torch's own path then
+    # differs from the real one /proc/self/maps lists
+    linked = tmp_path / "venv"
+    linked.symlink_to(sys.prefix, target_is_directory=True)
+    probe = "import torch; from embedding_api.families.device import _openmp; print(_openmp() is not None)"
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [str(linked / "bin" / "python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.stdout.strip().splitlines()[-1] == "True"
