@@ -63,6 +63,10 @@ bench-infinity: install-dev ## ours vs Infinity on the same Qwen3-Embedding chec
 bench-rerank: install-dev ## rerank pairs/s: this server vs the official one-pair-per-pass loop (writes docs/benchmarks.md)
 	$(PY) -m bench.rerank
 
+.PHONY: bench-forward
+bench-forward: install-dev ## what each CPU kernel choice buys, in-process, one taken back at a time (writes docs/benchmarks.md)
+	$(PY) -m bench.forward
+
 .PHONY: bench-batch bench-priority
 bench-batch: install-dev ## the batch command vs the server fed by 32 clients, same checkpoint (writes docs/benchmarks.md)
 	$(PY) -m bench.batch_job
