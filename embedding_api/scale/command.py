@@ -25,6 +25,18 @@ log = logging.getLogger("embedding_api.serve_ray")
 
 COMMAND = "serve-ray"
 STOP_MARGIN_S = 10.0  # past SHUTDOWN_TIMEOUT, for Serve to remove the replicas and its proxy
+# Past REQUEST_TIMEOUT, when Serve's proxy gives up on a request: a replica answers its own timeout (504) first, so
+# this only ends a request stranded on a replica that died under it, which Serve's proxy can otherwise wait on forever.
+PROXY_TIMEOUT_MARGIN_S = 5.0
+
+
+def proxy_http_options(settings: Settings) -> dict[str, Any]:
+    """Serve's HTTP proxy: our address, and an end-to-end bound on every request."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "request_timeout_s": settings.request_timeout + PROXY_TIMEOUT_MARGIN_S,
+    }
 
 
 def add_serve_ray_command(commands: Any) -> None:
@@ -127,7 +139,7 @@ def serve_ray(args: argparse.Namespace) -> int:
     for stop_signal in (signal.SIGTERM, signal.SIGINT):  # while the replicas start: leave serve.run's wait
         signal.signal(stop_signal, _interrupt)
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.start(http_options=proxy_http_options(settings))
         num_gpus = gpus_per_replica(options, settings.device, float(ray.cluster_resources().get("GPU", 0)))
         application = build_application(settings, options, num_gpus=num_gpus, env_vars=env)
         started = time.monotonic()

@@ -6,14 +6,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.support.cli import cli_env, older_env
+from tests.support.cli import cli_env, older_env, wait_healthy
 
 
 @pytest.mark.slow
@@ -32,16 +31,7 @@ def test_the_older_env_with_a_checkpoint_and_cpu_starts_on_the_first_try(tmp_pat
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 120
-        health = None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                health = httpx.get(f"{url}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        health = wait_healthy(url, server, 120)
         assert health is not None and health.status_code == 200, log_path.read_text()
         body = health.json()
         assert body["model"] == "Qwen3-VL-Embedding-2B"

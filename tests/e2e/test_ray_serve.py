@@ -21,12 +21,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import API_KEY, data_uri, free_port, image_bytes, make_image, make_settings
-from tests.support.cli import cli_env
+from tests.support.cli import cli_env, wait_healthy
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from embedding_api.scale.command import why_not_started  # noqa: E402
+from embedding_api.scale.command import proxy_http_options, why_not_started  # noqa: E402
 from embedding_api.scale.proxy_errors import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE  # noqa: E402
 from embedding_api.scale.ray_serve import APP_NAME, DEPLOYMENT_NAME, ReplicaOptions, build_application  # noqa: E402
 
@@ -54,8 +54,9 @@ def cluster(tiny_model_dir: Path) -> Iterator[Cluster]:
     )
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        application = build_application(make_settings(tiny_model_dir), ReplicaOptions(replicas=2), num_gpus=0)
+        settings = make_settings(tiny_model_dir, host="127.0.0.1", port=port)
+        serve.start(http_options=proxy_http_options(settings))
+        application = build_application(settings, ReplicaOptions(replicas=2), num_gpus=0)
         serve.run(application, name=APP_NAME, route_prefix="/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=KEY, timeout=30) as client:
             yield Cluster(f"http://127.0.0.1:{port}", client)
@@ -105,15 +106,7 @@ def test_serve_ray_command_serves_then_stops_cleanly_on_sigterm(tmp_path: Path, 
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline, health = time.monotonic() + 100, None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                health = httpx.get(f"{url}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        health = wait_healthy(url, process, 100)
         assert health is not None and health.status_code == 200, log_path.read_text(errors="replace")[-4000:]
         assert health.json()["device"] == "cpu" and health.headers["x-replica"]
         # The settings came from this environment: the key is required.

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+
+import httpx
 
 from embedding_api.environment import PROCESS_VARIABLES
 from embedding_api.settings import Settings
@@ -28,3 +32,17 @@ def older_env(model_path: str | None = None, device: str | None = None) -> str:
     if device is not None:
         text = text.replace("DEVICE=cuda ", f"DEVICE={device} ")
     return text
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float) -> httpx.Response | None:
+    """Poll `url`/health until it answers 200, the process exits or `seconds` pass; the last answer (None: none)."""
+    deadline, health = time.monotonic() + seconds, None
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            health = httpx.get(f"{url}/health", timeout=2)
+            if health.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return health

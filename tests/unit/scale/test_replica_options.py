@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from embedding_api.cli import build_parser
 from embedding_api.scale import ray_serve
-from embedding_api.scale.command import replica_environment, replica_options
+from embedding_api.scale.command import proxy_http_options, replica_environment, replica_options
 from embedding_api.scale.proxy_errors import PROXY_CALLBACK, PROXY_CALLBACK_VARIABLE
 from embedding_api.scale.ray_serve import (
     ReplicaOptions,
@@ -96,3 +96,11 @@ def test_serve_run_builder_reads_args_and_leaves_settings_to_the_replicas(monkey
     assert _deployment(ray_serve.app).num_replicas == 1  # `serve run embedding_api.scale.ray_serve:app`
     with pytest.raises(ValidationError):
         app_builder({"replica": 2})
+
+
+def test_the_proxy_bounds_every_request_past_the_replicas_own_timeout() -> None:
+    from embedding_api.settings import Settings
+
+    settings = Settings(_env_file=None, host="127.0.0.1", port=7001, request_timeout=60)
+    # a replica answers its own 504 at 60 s; the proxy ends a request stranded on a lost replica 5 s later
+    assert proxy_http_options(settings) == {"host": "127.0.0.1", "port": 7001, "request_timeout_s": 65.0}
