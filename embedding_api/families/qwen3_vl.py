@@ -384,7 +384,7 @@ class Qwen3VLFamily:
             positions = positions[:, mask]
         else:
             positions = torch.cat([torch.arange(count) for count in counts]).expand(3, -1)
-        sequences = [row[row_mask].tolist() for row, row_mask in zip(input_ids, mask, strict=True)]
+        sequences = [row[row_mask].numpy() for row, row_mask in zip(input_ids, mask, strict=True)]
         layout = packing.share_prefixes(sequences, unshareable=self._vision_tokens)
         tensors["input_ids"] = input_ids[mask][layout.keep][None]
         tensors["position_ids"] = positions[:, layout.keep][:, None, :].contiguous()
