@@ -14,6 +14,7 @@ the same positions give the same keys and values, so each result is still its se
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,47 +34,134 @@ MIN_SHARED_TOKENS = 8
 # How many earlier sequences of the batch a sequence is compared with (one request's items are adjacent).
 LOOKBACK = 4
 
+# A shared prefix this long is kept (keys and values of every layer) for the next passes that begin with it.
+MIN_STORED_TOKENS = 32
+STORED_PREFIXES = 4  # kept per model, the most recently used
+
 _layout = threading.local()  # the running forward pass's plan (the device thread's own)
 
 
 @dataclass(frozen=True)
 class _SpanPlan:
-    """How one sequence's attention is computed in every layer of a forward pass."""
+    """How one sequence's attention is computed in every layer of a forward pass.
 
-    own: slice  # the sequence's own rows of the packed row (its output rows)
-    gather: torch.Tensor | None  # rows read for its queries, keys and values, context first (None: `own` alone)
-    mask: torch.Tensor | None  # keys each own query sees, when the queries are its own rows only
+    Keys are addressed in the pass's key space: a stored prefix's keys, then the row's (so a row token keeps its
+    index in the full row); queries and outputs in the row itself."""
+
+    own: slice  # the sequence's own rows of the packed row (its queries and output rows)
+    keys: slice | torch.Tensor  # the key-space positions it reads, context first
+    queries: torch.Tensor | None  # rows of its queries, when these are more than `own` (read as its whole sequence)
+    mask: torch.Tensor | None  # which keys each own query sees, when not plainly causal
 
 
-def _plan(span: Span, device: torch.device) -> _SpanPlan:
-    own = slice(span.start, span.end)
-    if not span.context:
-        return _SpanPlan(own, None, None)
-    rows = torch.cat([torch.arange(start, end) for start, end in (*span.context, (span.start, span.end))])
-    shared, length = span.context_length, span.end - span.start
-    if shared <= length:
+def _plan(span: Span, device: torch.device, stored: int) -> _SpanPlan:
+    # the first sequence continues the stored prefix, if any; the others keep their contexts
+    context = span.context if span.start else ((0, stored),) if stored else ()
+    start = span.start if span.start else stored
+    own, length = slice(start - stored, span.end - stored), span.end - start
+    if not context:
+        return _SpanPlan(own, slice(span.start, span.end), None, None)
+    rows = torch.cat([torch.arange(a, b) for a, b in (*context, (start, span.end))])
+    shared = sum(b - a for a, b in context)
+    if shared <= length and not stored:
         # The shared tokens' queries are in the row too: attend as the whole sequence (square, causal, as run
         # alone) and keep the own rows; costs a few extra query rows, and the kernel skips masked blocks.
-        return _SpanPlan(own, rows.to(device), None)
-    # A long context before a short tail (a reranker's long query): the tail's queries alone, every context key,
-    # then causal over the tail (the lower-right causal mask).
+        rows = rows.to(device)
+        return _SpanPlan(own, rows, rows, None)
+    # A long context before a short tail (a reranker's long query), or a stored one: the tail's queries alone,
+    # every context key, then causal over the tail (the lower-right causal mask).
     mask = torch.ones(length, shared + length, dtype=torch.bool).tril(shared)[None, None]
-    return _SpanPlan(own, rows.to(device), mask.to(device))
+    return _SpanPlan(own, rows.to(device), None, mask.to(device))
+
+
+@dataclass
+class StoredPrefix:
+    """A shared prefix's token ids and, per decoder layer, its keys and values."""
+
+    ids: np.ndarray
+    layers: dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+class PrefixStore:
+    """Shared prefixes kept across forward passes: a request's pairs (the judge's prompt and the query) span
+    several batches, and each batch after the first reads the prefix instead of computing it again. Same tokens
+    at the same positions give the same keys and values, so each result is still its sequence's alone. Used on
+    the device thread only."""
+
+    def __init__(self, capacity: int = STORED_PREFIXES) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[bytes, StoredPrefix] = OrderedDict()
+
+    def longest(self, ids: np.ndarray) -> StoredPrefix | None:
+        """The longest stored prefix `ids` begins with, leaving it at least one token of its own."""
+        best: StoredPrefix | None = None
+        for key, entry in self._entries.items():
+            size = len(entry.ids)
+            if size < len(ids) and (best is None or size > len(best.ids)) and ids[:size].tobytes() == key:
+                best = entry
+        if best is not None:
+            self._entries.move_to_end(best.ids.tobytes())
+        return best
+
+    def add(self, entry: StoredPrefix) -> None:
+        self._entries[entry.ids.tobytes()] = entry
+        self._entries.move_to_end(entry.ids.tobytes())
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+
+def prefix_to_keep(spans: list[Span]) -> int:
+    """How many of the first sequence's tokens every later sequence sharing a long start with it shares (0: none,
+    or too few to keep): the part most likely to begin the next passes too (a query, not one document's start)."""
+    first_end = spans[0].end
+    shared = [
+        min(span.context[0][1], first_end)
+        for span in spans[1:]
+        if span.context and span.context[0][0] == 0 and span.context[0][1] >= MIN_STORED_TOKENS
+    ]
+    return min(shared) if shared else 0
 
 
 @contextmanager
-def packed_sequences(spans: list[Span], device: torch.device | str = "cpu") -> Iterator[None]:
-    """Within this block, causal attention on this thread treats the row as these sequences."""
-    _layout.plans = [_plan(span, torch.device(device)) for span in spans]
+def packed_sequences(
+    spans: list[Span],
+    device: torch.device | str = "cpu",
+    *,
+    stored: StoredPrefix | None = None,
+    keep: StoredPrefix | None = None,
+) -> Iterator[None]:
+    """Within this block, causal attention on this thread treats the row as these sequences. With `stored`, the
+    row lacks the first sequence's first `len(stored.ids)` tokens and reads their keys and values from it; with
+    `keep`, each layer's keys and values of the first `len(keep.ids)` tokens are kept into it."""
+    offset = len(stored.ids) if stored is not None else 0
+    _layout.plans = [_plan(span, torch.device(device), offset) for span in spans]
+    _layout.stored, _layout.keep = stored, keep
     try:
         yield
     finally:
-        _layout.plans = None
+        _layout.plans = _layout.stored = _layout.keep = None
 
 
 def in_packed_pass() -> bool:
     """Whether this thread is inside `packed_sequences`."""
     return getattr(_layout, "plans", None) is not None
+
+
+def _key_space(layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This layer's keys and values addressed as the plans address them (a stored prefix first); kept if asked."""
+    keep: StoredPrefix | None = getattr(_layout, "keep", None)
+    if keep is not None:
+        size = len(keep.ids)
+        keep.layers[layer] = (key[:, :, :size].clone(), value[:, :, :size].clone())
+    stored: StoredPrefix | None = getattr(_layout, "stored", None)
+    if stored is None:
+        return key, value
+    old_key, old_value = stored.layers[layer]
+    return torch.cat([old_key, key], dim=2), torch.cat([old_value, value], dim=2)
+
+
+def _read(tensor: torch.Tensor, where: slice | torch.Tensor) -> torch.Tensor:
+    return tensor[:, :, where] if isinstance(where, slice) else tensor.index_select(2, where)
 
 
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: Any) -> Any:
@@ -90,37 +178,36 @@ def _attention(
         output: tuple[torch.Tensor, None] = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         return output
     scale = kwargs.get("scaling")
+    keys, values = _key_space(module.layer_idx, key, value)
     # (batch, rows, heads, head_dim), as transformers' attention modules read it back
     output_rows = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
     for plan in plans:
-        if plan.gather is None:
-            part = _sdpa(query[:, :, plan.own], key[:, :, plan.own], value[:, :, plan.own], None, scale)
-        else:
-            keys, values = key.index_select(2, plan.gather), value.index_select(2, plan.gather)
-            queries = query[:, :, plan.own] if plan.mask is not None else query.index_select(2, plan.gather)
-            part = _sdpa(queries, keys, values, plan.mask, scale)
+        queries = query[:, :, plan.own] if plan.queries is None else query.index_select(2, plan.queries)
+        part = _sdpa(queries, _read(keys, plan.keys), _read(values, plan.keys), plan.mask, scale)
         length = plan.own.stop - plan.own.start
         output_rows[:, plan.own] = part[:, :, part.shape[2] - length :].transpose(1, 2)
     return output_rows, None
 
 
 def last_query_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+    layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
 ) -> torch.Tensor | None:
     """Attention for each sequence's last token alone (`query` holds one row per sequence, in span order) over all
     of its keys, in the running packed pass; None outside one. Returns (batch, sequences, heads, head_dim)."""
     plans: list[_SpanPlan] | None = getattr(_layout, "plans", None)
     if plans is None:
         return None
+    keys, values = _key_space(layer, key, value)
     parts = []
     for index, plan in enumerate(plans):
-        rows = plan.own if plan.gather is None else plan.gather
-        keys = key[:, :, rows] if plan.gather is None else key.index_select(2, plan.gather)
-        values = value[:, :, rows] if plan.gather is None else value.index_select(2, plan.gather)
         # the last token sees every key of its sequence: no mask
         parts.append(
             torch.nn.functional.scaled_dot_product_attention(
-                query[:, :, index : index + 1], keys, values, scale=scale, enable_gqa=True
+                query[:, :, index : index + 1],
+                _read(keys, plan.keys),
+                _read(values, plan.keys),
+                scale=scale,
+                enable_gqa=True,
             )
         )
     return torch.cat(parts, dim=2).transpose(1, 2)

@@ -73,7 +73,7 @@ class PooledRowsAttention(torch.nn.Module):  # type: ignore[misc]  # torch is un
         query = attention.q_norm(attention.q_proj(pooled).view(1, len(rows), -1, head_dim)).transpose(1, 2)
         query, _ = self._rotary(query, query, cos[:, rows], sin[:, rows])  # the function turns a pair: turn one
         key, _ = self._rotary(key, key, cos, sin)
-        output = packing.last_query_attention(query, key, value, attention.scaling)
+        output = packing.last_query_attention(attention.layer_idx, query, key, value, attention.scaling)
         assert output is not None  # in_packed_pass() said so
         projected = attention.o_proj(output.reshape(1, len(rows), -1))
         out = hidden_states.new_zeros(hidden_states.shape)

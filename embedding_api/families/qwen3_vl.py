@@ -124,6 +124,7 @@ class Qwen3VLFamily:
         cpu_linear.pack_linears(model)
         self._end_of_turn = "<|im_end|>"
         self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
+        self._prefixes = packing.PrefixStore()  # shared prefixes' keys and values, across passes (device thread)
 
     # ---- prepare (CPU, per item) -------------------------------------------------------------------------
 
@@ -402,10 +403,7 @@ class Qwen3VLFamily:
                     value = value.to(self.model_dtype)
                 inputs[key] = value
             if batch.spans is not None:  # one packed row: the last token of each sequence
-                rows = torch.tensor([span.end - 1 for span in batch.spans], device=device)
-                with packing.packed_sequences(batch.spans, device), pooled_rows.pooled_rows(rows):
-                    hidden = self.model(**inputs, use_cache=False).last_hidden_state[0]
-                pooled = hidden[rows].float()
+                pooled = self._run_packed(inputs, batch.spans)
             else:  # padded rows (right padding): the last real token of each row
                 mask = inputs["attention_mask"]
                 positions = torch.arange(mask.shape[1], device=device)
@@ -416,6 +414,29 @@ class Qwen3VLFamily:
                 pooled = hidden.reshape(-1, hidden.shape[-1])[rows].float()
             host: np.ndarray = pooled.cpu().numpy()  # the batch's one device-to-host copy
             return host
+
+    def _run_packed(self, inputs: dict[str, torch.Tensor], spans: list[Span]) -> torch.Tensor:
+        """The packed row's pooled states; a shared prefix a previous pass kept is read, not computed again."""
+        first = inputs["input_ids"][0, spans[0].start : spans[0].end].cpu().numpy()
+        stored = self._prefixes.longest(first)
+        keep = None
+        if stored is not None:
+            size = len(stored.ids)
+            inputs = {**inputs, "input_ids": inputs["input_ids"][:, size:]}
+            inputs["position_ids"] = inputs["position_ids"][..., size:]
+        elif size := packing.prefix_to_keep(spans):
+            keep = packing.StoredPrefix(first[:size].copy(), {})
+        offset = len(stored.ids) if stored is not None else 0
+        rows = torch.tensor([span.end - 1 - offset for span in spans], device=self.torch_device)
+        with (
+            packing.packed_sequences(spans, self.torch_device, stored=stored, keep=keep),
+            pooled_rows.pooled_rows(rows),
+        ):
+            hidden = self.model(**inputs, use_cache=False).last_hidden_state[0]
+        if keep is not None:
+            self._prefixes.add(keep)
+        pooled: torch.Tensor = hidden[rows].float()
+        return pooled
 
     # ---- finish (host) -----------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from embedding_api.families import packing
 from embedding_api.families.base import Span
 from embedding_api.families.packing import sequence_bounds, share_prefixes
 
@@ -52,3 +53,30 @@ def test_only_recent_sequences_are_compared() -> None:
     other = [[k * 1000 + i for i in range(12)] for k in range(1, 6)]  # five unrelated sequences in between
     layout = share_prefixes([[*PROMPT, 1], *other, [*PROMPT, 2]])
     assert layout.spans[-1].context == ()
+
+
+def test_the_prefix_kept_is_the_start_every_long_sharer_has_in_common() -> None:
+    first = Span(0, 100)
+    # a later pair shares 60 tokens (the query), another 64 (the query and its document's first words), a third
+    # only 10 (the template: below what is worth keeping)
+    spans = [first, Span(100, 120, ((0, 60),)), Span(120, 140, ((0, 64),)), Span(140, 150, ((0, 10),))]
+    assert packing.prefix_to_keep(spans) == 60
+    assert packing.prefix_to_keep([first, Span(100, 120, ((0, 10),))]) == 0  # too short to keep
+    assert packing.prefix_to_keep([first]) == 0
+
+
+def test_a_stored_prefix_is_found_only_where_it_leaves_the_sequence_a_token_of_its_own() -> None:
+    import numpy as np
+
+    store = packing.PrefixStore(capacity=2)
+    short = packing.StoredPrefix(np.arange(40), {0: (torch.zeros(1), torch.zeros(1))})
+    long = packing.StoredPrefix(np.arange(50), {0: (torch.ones(1), torch.ones(1))})
+    store.add(short)
+    store.add(long)
+    assert store.longest(np.arange(60)) is long  # the longest that fits
+    assert store.longest(np.arange(50)) is short  # all 50 would leave nothing to compute
+    assert store.longest(np.arange(1, 60)) is None  # a different start
+    other = packing.StoredPrefix(np.arange(5, 45), {})
+    store.add(other)  # over capacity: the least recently used goes (long; short was found last)
+    assert store.longest(np.arange(60)) is short
+    assert store.longest(np.arange(5, 60)) is other

@@ -11,6 +11,7 @@ from PIL import Image
 
 from embedding_api.catalog import ModelSpec
 from embedding_api.errors import ApiError
+from embedding_api.families import packing
 from embedding_api.families.loader import load_family
 from embedding_api.families.qwen3_vl_reranker import Qwen3VLRerankerFamily
 from embedding_api.items import Item, VideoClip
@@ -155,3 +156,37 @@ def test_pairs_computed_once_up_to_their_document_equal_the_recipe(
     assert batch.tensors["input_ids"].shape[1] < sum(batch.token_counts)
     ours = reranker.score(reranker.run(batch))
     np.testing.assert_allclose(ours, reference_rerank(family_dirs["vl_reranker"], query, documents), atol=1e-5)
+
+
+def test_a_prefix_kept_from_one_pass_is_read_by_the_next_and_the_scores_equal_the_recipe(
+    family_dirs: dict[str, Path],
+) -> None:
+    # a fresh family: the module's shared one may already keep this prefix
+    reranker = load_family(
+        Settings(_env_file=None, device="cpu"), ModelSpec(name="rr", path=str(family_dirs["vl_reranker"]))
+    )
+    assert isinstance(reranker, Qwen3VLRerankerFamily)
+    query = RefItem(texts=["which garden letter mentions the river in the morning, and which one the bridge"])
+    documents = [
+        RefItem(texts=["the river ran past the garden wall"]),
+        RefItem(texts=["a letter about the bridge"]),
+        RefItem(texts=["x"]),
+        RefItem(texts=["nothing at all " * 30]),
+        RefItem(images=[_image(48, 40, 5)]),
+    ]
+    prepared = []
+    for document in documents:
+        pair = _item(query)
+        pair.document = _item(document)
+        prepared.append(reranker.prepare(pair))
+    first = reranker.collate(prepared[:2])  # keeps the judge's prompt and the query ...
+    assert first.spans is not None and first.spans[1].context_length >= packing.MIN_STORED_TOKENS
+    scores = list(reranker.score(reranker.run(first)))
+    assert len(reranker._prefixes._entries) == 1
+    read = []
+    original = reranker._prefixes.longest
+    reranker._prefixes.longest = lambda ids: read.append(original(ids)) or read[-1]  # type: ignore[method-assign]
+    scores += list(reranker.score(reranker.run(reranker.collate(prepared[2:4]))))  # ... read by a later pass
+    scores += list(reranker.score(reranker.run(reranker.collate(prepared[4:]))))  # and by a lone pair with an image
+    assert len(read) == 2 and all(entry is not None for entry in read)
+    np.testing.assert_allclose(scores, reference_rerank(family_dirs["vl_reranker"], query, documents), atol=1e-5)
