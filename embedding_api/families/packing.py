@@ -37,6 +37,9 @@ LOOKBACK = 4
 # A shared prefix this long is kept (keys and values of every layer) for the next passes that begin with it.
 MIN_STORED_TOKENS = 32
 STORED_PREFIXES = 4  # kept per model, the most recently used
+# Tokens kept over all of a model's stored prefixes: bounds their memory (the 2B model in float32 keeps 224 KiB of
+# keys and values per token, so at most 448 MiB); a longer prefix is not kept.
+STORED_TOKENS = 2048
 
 _layout = threading.local()  # the running forward pass's plan (the device thread's own)
 
@@ -88,8 +91,8 @@ class PrefixStore:
     at the same positions give the same keys and values, so each result is still its sequence's alone. Used on
     the device thread only."""
 
-    def __init__(self, capacity: int = STORED_PREFIXES) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int = STORED_PREFIXES, tokens: int = STORED_TOKENS) -> None:
+        self.capacity, self.tokens = capacity, tokens
         self._entries: OrderedDict[bytes, StoredPrefix] = OrderedDict()
 
     def longest(self, ids: np.ndarray) -> StoredPrefix | None:
@@ -104,9 +107,11 @@ class PrefixStore:
         return best
 
     def add(self, entry: StoredPrefix) -> None:
+        if len(entry.ids) > self.tokens:
+            return
         self._entries[entry.ids.tobytes()] = entry
         self._entries.move_to_end(entry.ids.tobytes())
-        while len(self._entries) > self.capacity:
+        while len(self._entries) > self.capacity or sum(len(e.ids) for e in self._entries.values()) > self.tokens:
             self._entries.popitem(last=False)
 
 
@@ -119,7 +124,8 @@ def prefix_to_keep(spans: list[Span]) -> int:
         for span in spans[1:]
         if span.context and span.context[0][0] == 0 and span.context[0][1] >= MIN_STORED_TOKENS
     ]
-    return min(shared) if shared else 0
+    size = min(shared) if shared else 0
+    return size if size <= STORED_TOKENS else 0
 
 
 @contextmanager

@@ -63,6 +63,8 @@ def test_the_prefix_kept_is_the_start_every_long_sharer_has_in_common() -> None:
     assert packing.prefix_to_keep(spans) == 60
     assert packing.prefix_to_keep([first, Span(100, 120, ((0, 10),))]) == 0  # too short to keep
     assert packing.prefix_to_keep([first]) == 0
+    huge = packing.STORED_TOKENS + 1
+    assert packing.prefix_to_keep([Span(0, huge + 5), Span(huge + 5, huge + 9, ((0, huge),))]) == 0  # memory bound
 
 
 def test_a_stored_prefix_is_found_only_where_it_leaves_the_sequence_a_token_of_its_own() -> None:
@@ -80,3 +82,15 @@ def test_a_stored_prefix_is_found_only_where_it_leaves_the_sequence_a_token_of_i
     store.add(other)  # over capacity: the least recently used goes (long; short was found last)
     assert store.longest(np.arange(60)) is short
     assert store.longest(np.arange(5, 60)) is other
+
+
+def test_the_store_keeps_its_tokens_within_its_bound() -> None:
+    import numpy as np
+
+    store = packing.PrefixStore(capacity=8, tokens=100)
+    store.add(packing.StoredPrefix(np.arange(101), {}))  # alone over the bound: not kept
+    assert store.longest(np.arange(200)) is None
+    first, second = packing.StoredPrefix(np.arange(60), {}), packing.StoredPrefix(np.arange(1, 51), {})
+    store.add(first)
+    store.add(second)  # 110 tokens together: the older goes
+    assert store.longest(np.arange(100)) is None and store.longest(np.arange(1, 100)) is second
