@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -137,7 +138,7 @@ def _child(variant: str) -> dict[str, float]:
         capture_output=True,
         text=True,
         check=True,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": str(THREADS)},
+        env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
     )
     figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures

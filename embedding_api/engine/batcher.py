@@ -111,12 +111,13 @@ class Engine:
         self.policy = PriorityPolicy(bulk_max_wait, time.perf_counter)
         self._cpu_workers = cpu_workers
         # `cpu_thread_setup` runs first in every thread but the device's (the family's rule for helper threads).
-        setup = cpu_thread_setup
-        self._cpu = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu", initializer=setup)
+        self._cpu = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu", initializer=cpu_thread_setup)
         # Bulk preparation has a pool of its own: a query's tokenising never queues behind 2,048 bulk items'.
-        self._cpu_bulk = ThreadPoolExecutor(cpu_workers, thread_name_prefix="embed-cpu-bulk", initializer=setup)
+        self._cpu_bulk = ThreadPoolExecutor(
+            cpu_workers, thread_name_prefix="embed-cpu-bulk", initializer=cpu_thread_setup
+        )
         # Collation has a thread of its own so a flood of per-item work never delays the next batch.
-        self._collate = ThreadPoolExecutor(1, thread_name_prefix="embed-collate", initializer=setup)
+        self._collate = ThreadPoolExecutor(1, thread_name_prefix="embed-collate", initializer=cpu_thread_setup)
         self._device = ThreadPoolExecutor(1, thread_name_prefix="embed-device")
         self._pending: list[_Entry] = []
         self._wake = asyncio.Event()

@@ -229,8 +229,8 @@ class Qwen3VLFamily:
         """Tokens the model will see for a rendered prompt and its visual inputs."""
         # The system block ends with a special token, where the tokenizer splits anyway: its count is cached, so an
         # instruction shared by many items (or requests) is tokenised once.
-        split = prompt.find(self._end_of_turn) + len(self._end_of_turn) if self._end_of_turn in prompt else 0
-        count = self._count_tokens(prompt[:split]) + self._count(prompt[split:])
+        system = self._system_block(prompt)
+        count = self._count_tokens(system) + self._count(prompt[len(system) :])
         for image in images:
             count += self._visual_tokens(image.height, image.width, self.patch_factor) - 1
         for frames, metadata in videos:
@@ -328,10 +328,14 @@ class Qwen3VLFamily:
             shared_tokens=max(0, self._count_tokens(prefix) - 1) if prefix else 0,  # less one: a merge at the cut
         )
 
-    def _shared_prefix(self, prompt: str) -> str:
-        """The start of the prompt other items may share: the system block (template and instruction)."""
+    def _system_block(self, prompt: str) -> str:
+        """The prompt's system block (template and instruction), up to its end-of-turn token; "" without one."""
         end = prompt.find(self._end_of_turn)
         return prompt[: end + len(self._end_of_turn)] if end >= 0 else ""
+
+    def _shared_prefix(self, prompt: str) -> str:
+        """The start of the prompt other items may share: the system block."""
+        return self._system_block(prompt)
 
     # ---- collate (CPU, per batch) ------------------------------------------------------------------------
 
@@ -420,13 +424,12 @@ class Qwen3VLFamily:
         first = inputs["input_ids"][0, spans[0].start : spans[0].end].cpu().numpy()
         stored = self._prefixes.longest(first)
         keep = None
-        if stored is not None:
-            size = len(stored.ids)
-            inputs = {**inputs, "input_ids": inputs["input_ids"][:, size:]}
-            inputs["position_ids"] = inputs["position_ids"][..., size:]
+        offset = len(stored.ids) if stored is not None else 0  # the row's first tokens, read instead of computed
+        if offset:
+            inputs = {**inputs, "input_ids": inputs["input_ids"][:, offset:]}
+            inputs["position_ids"] = inputs["position_ids"][..., offset:]
         elif size := packing.prefix_to_keep(spans):
             keep = packing.StoredPrefix(first[:size].copy(), {})
-        offset = len(stored.ids) if stored is not None else 0
         rows = torch.tensor([span.end - 1 - offset for span in spans], device=self.torch_device)
         with (
             packing.packed_sequences(spans, self.torch_device, stored=stored, keep=keep),
