@@ -166,7 +166,14 @@ def _qwen3_vl(settings: Settings, spec: ModelSpec, path: Path, device: Any, dtyp
 
     from embedding_api.families.qwen3_vl import Qwen3VLFamily, VisionLimits
 
-    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device))
+    model = _weights(
+        AutoModel,
+        path,
+        setting,
+        spec.path,
+        dtype=dtype,
+        attn_implementation=best_attention(device, settings.cpu_attention),
+    )
     model.to(device).eval()
     limits = VisionLimits(
         min_pixels=settings.min_pixels,
@@ -209,7 +216,7 @@ def _qwen3_vl_reranker(settings: Settings, spec: ModelSpec, path: Path, device: 
         setting,
         spec.path,
         dtype=dtype,
-        attn_implementation=best_attention(device),
+        attn_implementation=best_attention(device, settings.cpu_attention),
     )
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(path)
@@ -233,7 +240,12 @@ def _qwen3_reranker(settings: Settings, spec: ModelSpec, path: Path, device: Any
     from embedding_api.families.qwen3_vl_reranker import score_weight
 
     model = _weights(
-        AutoModelForCausalLM, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device)
+        AutoModelForCausalLM,
+        path,
+        setting,
+        spec.path,
+        dtype=dtype,
+        attn_implementation=best_attention(device, settings.cpu_attention),
     )
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -259,7 +271,14 @@ def _text(settings: Settings, spec: ModelSpec, family: str, path: Path, device: 
     from embedding_api.families.text_embedders import QWEN3_EMBEDDING, TextEmbedderFamily, hidden_state_recipe
 
     recipe = QWEN3_EMBEDDING if family == "qwen3_embedding" else hidden_state_recipe(spec.layer, spec.pooling)
-    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device))
+    model = _weights(
+        AutoModel,
+        path,
+        setting,
+        spec.path,
+        dtype=dtype,
+        attn_implementation=best_attention(device, settings.cpu_attention),
+    )
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return TextEmbedderFamily(

@@ -5,6 +5,9 @@ PyTorch's SDPA. No work goes to pad tokens, and each vector equals the one of it
 arithmetic differs). Registered with transformers as the attention implementation `packed_sdpa`: outside a packed
 forward pass, and in non-causal modules (a vision tower), it is plain SDPA.
 
+On float32 CPU rows, attention runs in one call per layer for the whole row, in a compiled kernel
+(`cpu_attention`) when it could be built; else, and in other dtypes, with SDPA sequence by sequence.
+
 Sequences that begin with the same tokens (a reranker's pairs share the judge's prompt and the query; embedding
 inputs share their template and instruction) keep those tokens once: a later sequence's row holds only the rest,
 and its attention reads the shared tokens' keys and values where the earlier sequence computed them. Same tokens at
@@ -26,6 +29,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from embedding_api.families import cpu_attention
 from embedding_api.families.base import Span
 
 ATTENTION = "packed_sdpa"
@@ -42,6 +46,7 @@ STORED_PREFIXES = 4  # kept per model, the most recently used
 STORED_TOKENS = 2048
 
 _layout = threading.local()  # the running forward pass's plan (the device thread's own)
+_kernel: Any = None  # the compiled causal attention, when chosen at `register` and built
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,35 @@ def _plan(span: Span, device: torch.device, stored: int) -> _SpanPlan:
     # every context key, then causal over the tail (the lower-right causal mask).
     mask = torch.ones(length, shared + length, dtype=torch.bool).tril(shared)[None, None]
     return _SpanPlan(own, rows.to(device), None, mask.to(device))
+
+
+@dataclass(frozen=True)
+class _KernelLayout:
+    """The compiled kernel's view of a pass (see `cpu_attention.cpp`): each sequence's query rows and key segments
+    (in the key space), and the same segments with one query per sequence (the pooled rows of the last layer)."""
+
+    spans: torch.Tensor
+    last: torch.Tensor
+    segments: torch.Tensor
+
+
+def _kernel_layout(spans: list[Span], stored: int) -> _KernelLayout:
+    rows: list[tuple[int, int, int, int]] = []
+    last: list[tuple[int, int, int, int]] = []
+    segments: list[list[int]] = []
+    for index, span in enumerate(spans):
+        context = span.context if span.start else ((0, stored),) if stored else ()
+        start = span.start if span.start else stored
+        first = len(segments)
+        for begin, end in (*context, (start, span.end)):
+            if len(segments) > first and sum(segments[-1]) == begin:  # continues the previous segment
+                segments[-1][1] += end - begin
+            elif end > begin:
+                segments.append([begin, end - begin])
+        rows.append((start - stored, span.end - start, first, len(segments)))
+        last.append((index, 1, first, len(segments)))
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
+    return _KernelLayout(as_tensor(rows), as_tensor(last), as_tensor(segments))
 
 
 @dataclass
@@ -139,18 +173,49 @@ def packed_sequences(
     """Within this block, causal attention on this thread treats the row as these sequences. With `stored`, the
     row lacks the first sequence's first `len(stored.ids)` tokens and reads their keys and values from it; with
     `keep`, each layer's keys and values of the first `len(keep.ids)` tokens are kept into it."""
-    offset = len(stored.ids) if stored is not None else 0
-    _layout.plans = [_plan(span, torch.device(device), offset) for span in spans]
+    _layout.pass_ = _Pass(spans, torch.device(device), len(stored.ids) if stored is not None else 0)
     _layout.stored, _layout.keep = stored, keep
     try:
         yield
     finally:
-        _layout.plans = _layout.stored = _layout.keep = None
+        _layout.pass_ = _layout.stored = _layout.keep = None
+
+
+class _Pass:
+    """The running packed pass: its sequences, and how attention reads them (worked out once, on first use)."""
+
+    def __init__(self, spans: list[Span], device: torch.device, stored: int) -> None:
+        self.spans, self.device, self.stored = spans, device, stored
+        self._plans: list[_SpanPlan] | None = None
+        self._kernel: _KernelLayout | None = None
+
+    def kernel_layout(self, query: torch.Tensor) -> _KernelLayout | None:
+        """The compiled kernel's layout when it serves these queries (float32 on the CPU), else None."""
+        if _kernel is None or query.dtype != torch.float32 or query.device.type != "cpu":
+            return None
+        if self._kernel is None:
+            self._kernel = _kernel_layout(self.spans, self.stored)
+        return self._kernel
+
+    def plans(self) -> list[_SpanPlan]:
+        if self._plans is None:
+            self._plans = [_plan(span, self.device, self.stored) for span in self.spans]
+        return self._plans
+
+
+def _current() -> _Pass | None:
+    running: _Pass | None = getattr(_layout, "pass_", None)
+    return running
 
 
 def in_packed_pass() -> bool:
     """Whether this thread is inside `packed_sequences`."""
-    return getattr(_layout, "plans", None) is not None
+    return _current() is not None
+
+
+def _rows_first(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """(1, heads, rows, head_dim) as (rows, heads, head_dim) views, the kernel's layout."""
+    return [tensor[0].transpose(0, 1) for tensor in tensors]
 
 
 def _key_space(layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,15 +244,20 @@ def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: tor
 def _attention(
     module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
 ) -> tuple[torch.Tensor, None]:
-    plans: list[_SpanPlan] | None = getattr(_layout, "plans", None)
-    if plans is None or not getattr(module, "is_causal", False):
+    running = _current()
+    if running is None or not getattr(module, "is_causal", False):
         output: tuple[torch.Tensor, None] = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         return output
     scale = kwargs.get("scaling")
     keys, values = _key_space(module.layer_idx, key, value)
-    # (batch, rows, heads, head_dim), as transformers' attention modules read it back
+    layout = running.kernel_layout(query)
+    if layout is not None:  # (batch, rows, heads, head_dim), as transformers' attention modules read it back
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        queries, keys, values = _rows_first(query, keys, values)
+        rows = cpu_attention.attend(_kernel, queries, keys, values, layout.spans, layout.segments, scale)
+        return rows.unsqueeze(0), None
     output_rows = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
-    for plan in plans:
+    for plan in running.plans():
         queries = query[:, :, plan.own] if plan.queries is None else query.index_select(2, plan.queries)
         part = _sdpa(queries, _read(keys, plan.keys), _read(values, plan.keys), plan.mask, scale)
         length = plan.own.stop - plan.own.start
@@ -200,12 +270,16 @@ def last_query_attention(
 ) -> torch.Tensor | None:
     """Attention for each sequence's last token alone (`query` holds one row per sequence, in span order) over all
     of its keys, in the running packed pass; None outside one. Returns (batch, sequences, heads, head_dim)."""
-    plans: list[_SpanPlan] | None = getattr(_layout, "plans", None)
-    if plans is None:
+    running = _current()
+    if running is None:
         return None
     keys, values = _key_space(layer, key, value)
+    layout = running.kernel_layout(query)
+    if layout is not None:
+        queries, keys, values = _rows_first(query, keys, values)
+        return cpu_attention.attend(_kernel, queries, keys, values, layout.last, layout.segments, scale).unsqueeze(0)
     parts = []
-    for index, plan in enumerate(plans):
+    for index, plan in enumerate(running.plans()):
         # the last token sees every key of its sequence: no mask
         parts.append(
             torch.nn.functional.scaled_dot_product_attention(
@@ -219,8 +293,11 @@ def last_query_attention(
     return torch.cat(parts, dim=2).transpose(1, 2)
 
 
-def register() -> str:
-    """Make `packed_sdpa` known to transformers (idempotent); returns its name for `attn_implementation`."""
+def register(kernel: bool = True) -> str:
+    """Make `packed_sdpa` known to transformers (idempotent); returns its name for `attn_implementation`. With
+    `kernel`, float32 rows attend in the compiled kernel (built now if needed; SDPA where it cannot be)."""
+    global _kernel
+    _kernel = cpu_attention.kernel() if kernel else None
     AttentionInterface.register(ATTENTION, _attention)
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)
     return ATTENTION

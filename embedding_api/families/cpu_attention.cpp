@@ -1,0 +1,188 @@
+// Causal attention for a packed row of sequences on the CPU, in float32: the kernel behind `cpu_attention.py`.
+//
+// PyTorch's CPU flash attention computes a causal sequence shorter than 512 tokens as a full square (its key
+// blocks are 512 long, and only whole blocks are skipped), and each sequence is one call. Here a task is one query
+// block of one key/value head (the group's query heads folded into one matrix, so each key block serves all of
+// them), and it reads exactly the keys its rows may see: about half the work on short sequences, one call per
+// layer for the whole row, and tasks handed out longest first so both threads finish together.
+//
+// Queries (T, H, D) and keys / values (N, KV, D) may have any row and head strides; D must be contiguous.
+// spans (S, 4): query row start, query count, first and past-last segment. segments (M, 2): key row start, length.
+// A span's keys are its segments laid end to end; its query i sees keys [0, keys - queries + i] (lower right).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+// BLAS's single-precision matrix product (column-major), as exported by PyTorch's own BLAS.
+extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                       const int*, const float*, const int*, const float*, float*, const int*);
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+
+void gemm(char trans_a, char trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
+  const int ilda = static_cast<int>(lda), ildb = static_cast<int>(ldb), ildc = static_cast<int>(ldc);
+  sgemm_(&trans_a, &trans_b, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
+}
+
+// Softmax over row[0, limit) in place, zeros after it up to `width`; returns 1 / the sum of the exponentials.
+float softmax_row(float* row, int64_t limit, int64_t width) {
+  constexpr int64_t lanes = Vec::size();
+  float spill[lanes];
+  Vec vmax(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + lanes <= limit; j += lanes) vmax = at::vec::maximum(vmax, Vec::loadu(row + j));
+  vmax.store(spill);
+  float top = spill[0];
+  for (int64_t l = 1; l < lanes; ++l) top = std::max(top, spill[l]);
+  for (; j < limit; ++j) top = std::max(top, row[j]);
+  const Vec shift(top);
+  Vec vsum(0.f);
+  for (j = 0; j + lanes <= limit; j += lanes) {
+    const Vec e = (Vec::loadu(row + j) - shift).exp_u20();
+    e.store(row + j);
+    vsum = vsum + e;
+  }
+  vsum.store(spill);
+  float sum = 0.f;
+  for (int64_t l = 0; l < lanes; ++l) sum += spill[l];
+  for (; j < limit; ++j) {
+    row[j] = std::exp(row[j] - top);
+    sum += row[j];
+  }
+  if (width > limit) std::memset(row + limit, 0, (width - limit) * sizeof(float));
+  return 1.f / sum;
+}
+
+struct Task {
+  int64_t span, head, block, cost;
+};
+
+}  // namespace
+
+void packed_causal_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                             const at::Tensor& spans, const at::Tensor& segments, at::Tensor& out, double scale,
+                             int64_t block) {
+  TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat &&
+                  value.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
+              "packed_causal_attention takes float32 tensors");
+  TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && value.dim() == 3 && out.dim() == 3, "tensors must be 3-D");
+  TORCH_CHECK(query.stride(2) == 1 && key.stride(2) == 1 && value.stride(2) == 1 && out.stride(2) == 1,
+              "the head dimension must be contiguous");
+  TORCH_CHECK(out.sizes() == query.sizes(), "out must have the queries' shape");
+  TORCH_CHECK(key.sizes() == value.sizes(), "keys and values must have one shape");
+  const int64_t heads = query.size(1), dim = query.size(2), kv_heads = key.size(1);
+  TORCH_CHECK(key.size(2) == dim && kv_heads > 0 && heads % kv_heads == 0, "head counts or sizes do not match");
+  TORCH_CHECK(spans.scalar_type() == at::kLong && spans.dim() == 2 && spans.size(1) == 4 && spans.is_contiguous(),
+              "spans must be a contiguous (S, 4) int64 tensor");
+  TORCH_CHECK(segments.scalar_type() == at::kLong && segments.dim() == 2 && segments.size(1) == 2 &&
+                  segments.is_contiguous(),
+              "segments must be a contiguous (M, 2) int64 tensor");
+  TORCH_CHECK(block > 0, "block must be positive");
+  const int64_t group = heads / kv_heads;
+  const int64_t* span = spans.data_ptr<int64_t>();
+  const int64_t* segment = segments.data_ptr<int64_t>();
+  const int64_t span_count = spans.size(0), segment_count = segments.size(0);
+
+  std::vector<int64_t> key_counts(span_count, 0);
+  std::vector<Task> tasks;
+  int64_t widest = 0;
+  for (int64_t s = 0; s < span_count; ++s) {
+    const int64_t q0 = span[4 * s], queries = span[4 * s + 1], first = span[4 * s + 2], past = span[4 * s + 3];
+    TORCH_CHECK(queries > 0 && q0 >= 0 && q0 + queries <= query.size(0), "a span's queries are out of range");
+    TORCH_CHECK(0 <= first && first < past && past <= segment_count, "a span's segments are out of range");
+    for (int64_t g = first; g < past; ++g) {
+      TORCH_CHECK(segment[2 * g] >= 0 && segment[2 * g + 1] > 0 && segment[2 * g] + segment[2 * g + 1] <= key.size(0),
+                  "a segment is out of range");
+      key_counts[s] += segment[2 * g + 1];
+    }
+    TORCH_CHECK(key_counts[s] >= queries, "a span has fewer keys than queries");
+    widest = std::max(widest, key_counts[s]);
+    for (int64_t b = 0; b < queries; b += block) {
+      const int64_t seen = key_counts[s] - queries + std::min(queries, b + block);
+      for (int64_t h = 0; h < kv_heads; ++h) tasks.push_back({s, h, b, seen * std::min(block, queries - b)});
+    }
+  }
+  // longest first, handed out one at a time: the threads finish together
+  std::sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+
+  const float* q_data = query.data_ptr<float>();
+  const float* k_data = key.data_ptr<float>();
+  const float* v_data = value.data_ptr<float>();
+  float* o_data = out.data_ptr<float>();
+  const int64_t q_row = query.stride(0), q_head = query.stride(1);
+  const int64_t k_row = key.stride(0), k_head = key.stride(1);
+  const int64_t v_row = value.stride(0), v_head = value.stride(1);
+  const int64_t o_row = out.stride(0), o_head = out.stride(1);
+  const float alpha = static_cast<float>(scale);
+  const int64_t task_count = static_cast<int64_t>(tasks.size());
+  std::atomic<int64_t> next{0};
+
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    const int64_t rows_max = group * block;
+    std::vector<float> packed(rows_max * dim), scores(rows_max * std::max<int64_t>(widest, 1)),
+        result(rows_max * dim), inverse(rows_max);
+    for (int64_t t = next++; t < task_count; t = next++) {
+      const Task& task = tasks[t];
+      const int64_t* sp = span + 4 * task.span;
+      const int64_t q0 = sp[0], queries = sp[1], first = sp[2], past = sp[3];
+      const int64_t rows = std::min(block, queries - task.block);
+      const int64_t before = key_counts[task.span] - queries;  // keys every query of the span sees
+      const int64_t width = before + task.block + rows;         // keys some row of this block sees
+      const int64_t folded = group * rows;
+      // the group's queries, one matrix: row (head in group * rows + i)
+      for (int64_t hg = 0; hg < group; ++hg)
+        for (int64_t i = 0; i < rows; ++i)
+          std::memcpy(&packed[(hg * rows + i) * dim],
+                      q_data + (q0 + task.block + i) * q_row + (task.head * group + hg) * q_head, dim * sizeof(float));
+      // scores (folded x width), row-major = column-major (width x folded): keys . queries^T, segment by segment
+      int64_t column = 0;
+      for (int64_t g = first; g < past && column < width; ++g) {
+        const int64_t take = std::min(segment[2 * g + 1], width - column);
+        gemm('T', 'N', take, folded, dim, alpha, k_data + segment[2 * g] * k_row + task.head * k_head, k_row,
+             packed.data(), dim, 0.f, scores.data() + column, width);
+        column += take;
+      }
+      for (int64_t r = 0; r < folded; ++r)
+        inverse[r] = softmax_row(&scores[r * width], before + task.block + r % rows + 1, width);
+      // result (folded x dim), row-major = column-major (dim x folded): values^T . probabilities^T
+      column = 0;
+      for (int64_t g = first; g < past && column < width; ++g) {
+        const int64_t take = std::min(segment[2 * g + 1], width - column);
+        gemm('N', 'N', dim, folded, take, 1.f, v_data + segment[2 * g] * v_row + task.head * v_head, v_row,
+             scores.data() + column, width, column ? 1.f : 0.f, result.data(), dim);
+        column += take;
+      }
+      for (int64_t hg = 0; hg < group; ++hg)
+        for (int64_t i = 0; i < rows; ++i) {
+          const Vec factor(inverse[hg * rows + i]);
+          const float* from = &result[(hg * rows + i) * dim];
+          float* to = o_data + (q0 + task.block + i) * o_row + (task.head * group + hg) * o_head;
+          int64_t d = 0;
+          for (; d + Vec::size() <= dim; d += Vec::size()) (Vec::loadu(from + d) * factor).store(to + d);
+          for (; d < dim; ++d) to[d] = from[d] * inverse[hg * rows + i];
+        }
+    }
+  });
+}
+
+TORCH_LIBRARY(embedding_api_cpu, m) {
+  m.def(
+      "packed_causal_attention(Tensor query, Tensor key, Tensor value, Tensor spans, Tensor segments, "
+      "Tensor(a!) out, float scale, int block) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(embedding_api_cpu, CPU, m) { m.impl("packed_causal_attention", packed_causal_attention); }

@@ -1,0 +1,148 @@
+"""The compiled CPU attention against PyTorch's SDPA, sequence by sequence, on the layouts packed passes give it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from embedding_api.families import cpu_attention, packing
+from embedding_api.families.base import Span
+
+F = torch.nn.functional
+
+
+@pytest.fixture(scope="module")
+def op() -> Any:
+    kernel = cpu_attention.kernel()
+    assert kernel is not None, "the kernel must build on a machine with a C++ compiler (the test machines have one)"
+    return kernel
+
+
+def reference(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, spans: list[tuple[int, int, list[tuple[int, int]]]]
+) -> torch.Tensor:
+    """SDPA per sequence: its queries over its segments' keys laid end to end, causal aligned to the last key."""
+    out = torch.zeros_like(query)
+    for start, count, segments in spans:
+        keys = torch.cat([key[a : a + n] for a, n in segments]).transpose(0, 1)[None]
+        values = torch.cat([value[a : a + n] for a, n in segments]).transpose(0, 1)[None]
+        total = keys.shape[2]
+        mask = torch.ones(count, total, dtype=torch.bool).tril(total - count)
+        rows = query[start : start + count].transpose(0, 1)[None]
+        out[start : start + count] = F.scaled_dot_product_attention(
+            rows, keys, values, attn_mask=mask, enable_gqa=True
+        )[0].transpose(0, 1)
+    return out
+
+
+def run(op: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, spans: list[Any]) -> torch.Tensor:
+    rows: list[tuple[int, int, int, int]] = []
+    segments: list[tuple[int, int]] = []
+    for start, count, parts in spans:
+        rows.append((start, count, len(segments), len(segments) + len(parts)))
+        segments.extend(parts)
+    layout = torch.tensor(rows, dtype=torch.int64), torch.tensor(segments, dtype=torch.int64)
+    return cpu_attention.attend(op, query, key, value, *layout, query.shape[-1] ** -0.5)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(8, 4, 64), (4, 4, 32), (8, 2, 80), (2, 1, 128)])
+def test_packed_sequences_equal_sdpa_one_by_one(op: Any, heads: int, kv_heads: int, head_dim: int) -> None:
+    torch.manual_seed(heads * head_dim)
+    lengths = [1, 5, 63, 64, 65, 130, 700]
+    total = sum(lengths)
+    query, key, value = (torch.randn(total, n, head_dim) for n in (heads, kv_heads, kv_heads))
+    spans, start = [], 0
+    for length in lengths:
+        spans.append((start, length, [(start, length)]))
+        start += length
+    got = run(op, query, key, value, spans)
+    assert (got - reference(query, key, value, spans)).abs().max().item() < 2e-5
+
+
+def test_shared_prefixes_and_a_stored_prefix_read_through_segments(op: Any) -> None:
+    """Keys in several pieces (a context shared with an earlier sequence, then the sequence's own), and fewer queries
+    than keys (a stored prefix's keys come first)."""
+    torch.manual_seed(1)
+    query = torch.randn(300, 8, 64)
+    key, value = torch.randn(340, 4, 64), torch.randn(340, 4, 64)
+    spans = [
+        (0, 100, [(0, 140)]),  # a stored prefix of 40 keys, then its own 100
+        (100, 50, [(0, 60), (140, 50)]),  # shares the first 60 keys, then its own
+        (150, 150, [(0, 20), (40, 10), (190, 150)]),  # a context in two pieces
+    ]
+    got = run(op, query, key, value, spans)
+    assert (got - reference(query, key, value, spans)).abs().max().item() < 2e-5
+
+
+def test_strided_views_as_transformers_hands_them_over(op: Any) -> None:
+    torch.manual_seed(2)
+    query = torch.randn(8, 90, 64).transpose(0, 1)  # heads-major memory read rows first
+    key = torch.randn(90, 8, 64)[:, ::2]  # every other head: a head stride of two heads
+    value = torch.randn(4, 90, 64).transpose(0, 1)
+    assert not query.is_contiguous() and not key.is_contiguous()
+    spans = [(0, 40, [(0, 40)]), (40, 50, [(40, 50)])]
+    got = run(op, query, key, value, spans)
+    assert (got - reference(query, key, value, spans)).abs().max().item() < 2e-5
+
+
+def test_one_query_per_sequence_sees_all_its_keys(op: Any) -> None:
+    torch.manual_seed(3)
+    key, value = torch.randn(200, 4, 64), torch.randn(200, 4, 64)
+    query = torch.randn(2, 8, 64)
+    spans = [(0, 1, [(0, 120)]), (1, 1, [(0, 30), (120, 80)])]
+    got = run(op, query, key, value, spans)
+    assert (got - reference(query, key, value, spans)).abs().max().item() < 2e-5
+
+
+@pytest.mark.parametrize(
+    "spans",
+    [
+        [(0, 5, [(0, 4)])],  # fewer keys than queries
+        [(0, 5, [(0, 500)])],  # keys past the tensor
+        [(8, 5, [(0, 5)])],  # queries past the tensor
+    ],
+)
+def test_layouts_out_of_range_are_refused(op: Any, spans: list[Any]) -> None:
+    query, key, value = torch.randn(10, 2, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)
+    with pytest.raises(RuntimeError, match=r"out of range|fewer keys"):
+        run(op, query, key, value, spans)
+
+
+def test_other_dtypes_are_refused(op: Any) -> None:
+    query = torch.randn(4, 2, 16, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="float32"):
+        run(op, query, query, query, [(0, 4, [(0, 4)])])
+
+
+def test_the_packed_pass_reads_the_same_with_the_kernel_and_with_sdpa() -> None:
+    """The model-facing path: a packed pass with shared contexts, through the kernel and through SDPA."""
+    torch.manual_seed(4)
+    spans = [Span(0, 50), Span(50, 80, ((0, 20),)), Span(80, 130, ((0, 20),))]
+    query, key, value = torch.randn(1, 8, 130, 64), torch.randn(1, 4, 130, 64), torch.randn(1, 4, 130, 64)
+    module = type("Layer", (), {"is_causal": True, "layer_idx": 0})()
+    results = []
+    for kernel in (True, False):
+        packing.register(kernel=kernel)
+        with packing.packed_sequences(spans):
+            results.append(packing._attention(module, query, key, value, None, scaling=0.125)[0])
+    packing.register(kernel=True)
+    assert (results[0] - results[1]).abs().max().item() < 2e-5
+
+
+def test_a_machine_that_cannot_build_it_falls_back_to_sdpa(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(cpu_attention, "SOURCE", broken)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu_attention, "_loaded", {})
+    with caplog.at_level(logging.WARNING, logger="embedding_api.families"):
+        assert cpu_attention.kernel() is None
+        assert cpu_attention.kernel() is None  # tried once: no second build
+    warnings = [r for r in caplog.records if "unavailable, using SDPA" in r.getMessage()]
+    assert len(warnings) == 1 and "error" in warnings[0].getMessage().lower()
