@@ -18,7 +18,7 @@ WORKDIR /app
 # WITH_RAY=1 adds Ray Serve and Ray Data (requirements-ray.txt) for `serve-ray`, `batch --ray` and KubeRay
 # (deploy/rayservice.yaml): `docker build --build-arg WITH_RAY=1 -t embedding-api:ray .`
 ARG WITH_RAY=0
-# g++ builds the CPU attention kernel (families/cpu_attention.cpp) when the image runs on a CPU; on a GPU it is unused.
+# g++ builds the CPU kernels (families/cpu_kernels.cpp) when the image runs on a CPU; on a GPU it is unused.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ \
@@ -33,8 +33,8 @@ COPY embedding_api/ embedding_api/
 RUN groupadd --gid 10001 app \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin app
 USER 10001:10001
-# The kernel, built once here for this build machine's vector width (a host with another width builds its own at start).
-RUN python -c "from embedding_api.families import cpu_attention; assert cpu_attention.kernel() is not None"
+# The kernels, built once here for this build machine's vector width (a host with another width builds its own at start).
+RUN python -c "from embedding_api.families import cpu_kernels; assert cpu_kernels.library() is not None"
 
 # The weights are not in the image: mount them on /app/models (docker-compose.yml mounts ./models read-only).
 ENV MODEL_PATH=/app/models/Qwen3-VL-Embedding-2B \

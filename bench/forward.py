@@ -30,7 +30,7 @@ from bench.common import CACHE, machine, stamp, write_section
 
 VARIANTS = {
     "all": "every choice on (the server as shipped)",
-    "no-kernel": "packed attention through SDPA sequence by sequence, not the compiled kernel",
+    "no-kernels": "PyTorch's own ops: packed attention through SDPA sequence by sequence, unfused norms",
     "no-heap": "glibc's default heap (fresh mappings for big blocks)",
     "no-pooled-attention": "the last layer's queries and attention for every token",
     "no-patch-linear": "vision patches through oneDNN's 3-D convolution",
@@ -65,8 +65,8 @@ def _load(path: str, variant: str) -> Any:
     from embedding_api.families.loader import load_family
     from embedding_api.settings import Settings
 
-    attention = "sdpa" if variant == "no-kernel" else "kernel"
-    settings = Settings(model_path=path, device="cpu", dtype="float32", cpu_attention=attention, _env_file=None)
+    kernels = "pytorch" if variant == "no-kernels" else "compiled"
+    settings = Settings(model_path=path, device="cpu", dtype="float32", cpu_kernels=kernels, _env_file=None)
     family: Any = load_family(settings)
     model = family.model
     if variant == "no-pooled-attention":

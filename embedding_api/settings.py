@@ -59,9 +59,9 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
     )
-    cpu_attention: Literal["kernel", "sdpa"] = Field(
-        "kernel",
-        description="CPU batches' attention: a C++ kernel built on first start (SDPA if it can't be), or sdpa.",
+    cpu_kernels: Literal["compiled", "pytorch"] = Field(
+        "compiled",
+        description="CPU models' attention and norms: compiled on first start (else PyTorch's), or pytorch.",
     )
     embedding_dimension: int | None = Field(
         None, ge=1, description="Default output size; empty = the model's own (read from its config)."

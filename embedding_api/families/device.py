@@ -39,14 +39,16 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return _DTYPES[setting]
 
 
-def best_attention(device: torch.device, cpu_attention: str = "kernel") -> str:
+def best_attention(device: torch.device, cpu_kernels: str = "compiled") -> str:
     """flash-attention 2 when installed on CUDA, else PyTorch's sdpa; on the CPU, padding-free batches
     (`families.packing`: measured faster than padded batches and than one sequence at a time there), attending in
-    the compiled kernel unless `cpu_attention` is "sdpa"."""
+    the compiled kernels unless `cpu_kernels` is "pytorch" (`families.cpu_kernels`)."""
     if device.type == "cpu":
+        from embedding_api.families import cpu_kernels as kernels
         from embedding_api.families import packing
 
-        return packing.register(kernel=cpu_attention == "kernel")
+        kernels.choose(cpu_kernels == "compiled")
+        return packing.register()
     if device.type == "cuda":
         try:
             import flash_attn  # noqa: F401

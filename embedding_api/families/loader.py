@@ -172,7 +172,7 @@ def _qwen3_vl(settings: Settings, spec: ModelSpec, path: Path, device: Any, dtyp
         setting,
         spec.path,
         dtype=dtype,
-        attn_implementation=best_attention(device, settings.cpu_attention),
+        attn_implementation=best_attention(device, settings.cpu_kernels),
     )
     model.to(device).eval()
     limits = VisionLimits(
@@ -216,7 +216,7 @@ def _qwen3_vl_reranker(settings: Settings, spec: ModelSpec, path: Path, device: 
         setting,
         spec.path,
         dtype=dtype,
-        attn_implementation=best_attention(device, settings.cpu_attention),
+        attn_implementation=best_attention(device, settings.cpu_kernels),
     )
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(path)
@@ -245,7 +245,7 @@ def _qwen3_reranker(settings: Settings, spec: ModelSpec, path: Path, device: Any
         setting,
         spec.path,
         dtype=dtype,
-        attn_implementation=best_attention(device, settings.cpu_attention),
+        attn_implementation=best_attention(device, settings.cpu_kernels),
     )
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -277,7 +277,7 @@ def _text(settings: Settings, spec: ModelSpec, family: str, path: Path, device: 
         setting,
         spec.path,
         dtype=dtype,
-        attn_implementation=best_attention(device, settings.cpu_attention),
+        attn_implementation=best_attention(device, settings.cpu_kernels),
     )
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)

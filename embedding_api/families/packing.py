@@ -6,7 +6,7 @@ arithmetic differs). Registered with transformers as the attention implementatio
 forward pass, and in non-causal modules (a vision tower), it is plain SDPA.
 
 On float32 CPU rows, attention runs in one call per layer for the whole row, in a compiled kernel
-(`cpu_attention`) when it could be built; else, and in other dtypes, with SDPA sequence by sequence.
+(`cpu_kernels`) when it could be built; else, and in other dtypes, with SDPA sequence by sequence.
 
 Sequences that begin with the same tokens (a reranker's pairs share the judge's prompt and the query; embedding
 inputs share their template and instruction) keep those tokens once: a later sequence's row holds only the rest,
@@ -29,7 +29,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from embedding_api.families import cpu_attention
+from embedding_api.families import cpu_kernels
 from embedding_api.families.base import Span
 
 ATTENTION = "packed_sdpa"
@@ -46,7 +46,6 @@ STORED_PREFIXES = 4  # kept per model, the most recently used
 STORED_TOKENS = 2048
 
 _layout = threading.local()  # the running forward pass's plan (the device thread's own)
-_kernel: Any = None  # the compiled causal attention, when chosen at `register` and built
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def _plan(span: Span, device: torch.device, stored: int) -> _SpanPlan:
 
 @dataclass(frozen=True)
 class _KernelLayout:
-    """The compiled kernel's view of a pass (see `cpu_attention.cpp`): each sequence's query rows and key segments
+    """The compiled kernel's view of a pass (see `cpu_kernels.cpp`): each sequence's query rows and key segments
     (in the key space), and the same segments with one query per sequence (the pooled rows of the last layer)."""
 
     spans: torch.Tensor
@@ -191,7 +190,7 @@ class _Pass:
 
     def kernel_layout(self, query: torch.Tensor) -> _KernelLayout | None:
         """The compiled kernel's layout when it serves these queries (float32 on the CPU), else None."""
-        if _kernel is None or query.dtype != torch.float32 or query.device.type != "cpu":
+        if query.dtype != torch.float32 or query.device.type != "cpu" or cpu_kernels.active() is None:
             return None
         if self._kernel is None:
             self._kernel = _kernel_layout(self.spans, self.stored)
@@ -254,7 +253,7 @@ def _attention(
     if layout is not None:  # (batch, rows, heads, head_dim), as transformers' attention modules read it back
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         queries, keys, values = _rows_first(query, keys, values)
-        rows = cpu_attention.attend(_kernel, queries, keys, values, layout.spans, layout.segments, scale)
+        rows = cpu_kernels.attend(cpu_kernels.active(), queries, keys, values, layout.spans, layout.segments, scale)
         return rows.unsqueeze(0), None
     output_rows = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
     for plan in running.plans():
@@ -277,7 +276,9 @@ def last_query_attention(
     layout = running.kernel_layout(query)
     if layout is not None:
         queries, keys, values = _rows_first(query, keys, values)
-        return cpu_attention.attend(_kernel, queries, keys, values, layout.last, layout.segments, scale).unsqueeze(0)
+        return cpu_kernels.attend(
+            cpu_kernels.active(), queries, keys, values, layout.last, layout.segments, scale
+        ).unsqueeze(0)
     parts = []
     for index, plan in enumerate(running.plans()):
         # the last token sees every key of its sequence: no mask
@@ -293,11 +294,8 @@ def last_query_attention(
     return torch.cat(parts, dim=2).transpose(1, 2)
 
 
-def register(kernel: bool = True) -> str:
-    """Make `packed_sdpa` known to transformers (idempotent); returns its name for `attn_implementation`. With
-    `kernel`, float32 rows attend in the compiled kernel (built now if needed; SDPA where it cannot be)."""
-    global _kernel
-    _kernel = cpu_attention.kernel() if kernel else None
+def register() -> str:
+    """Make `packed_sdpa` known to transformers (idempotent); returns its name for `attn_implementation`."""
     AttentionInterface.register(ATTENTION, _attention)
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)
     return ATTENTION

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.families import cpu_linear, packing, pooled_rows
+from embedding_api.families import cpu_fusion, cpu_kernels, cpu_linear, packing, pooled_rows
 from embedding_api.families import qwen_vision as vision
 from embedding_api.families.base import Batch, FramePicker, PreparedItem, Span, finish_vectors
 from embedding_api.families.frames import QwenFramePicker
@@ -122,6 +122,7 @@ class Qwen3VLFamily:
         self._vision_tokens = [model.config.image_token_id, model.config.video_token_id]
         pooled_rows.wrap_last_layer(model.language_model.layers)
         cpu_linear.pack_linears(model)
+        cpu_fusion.fuse(model, cpu_kernels.active())
         self._end_of_turn = "<|im_end|>"
         self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
         self._prefixes = packing.PrefixStore()  # shared prefixes' keys and values, across passes (device thread)

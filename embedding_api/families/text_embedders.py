@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from embedding_api.errors import ApiError, ErrorKind
-from embedding_api.families import cpu_linear, packing, pooled_rows
+from embedding_api.families import cpu_fusion, cpu_kernels, cpu_linear, packing, pooled_rows
 from embedding_api.families.base import Batch, FramePicker, PreparedItem, finish_vectors
 from embedding_api.families.frames import QwenFramePicker
 from embedding_api.items import Item
@@ -87,6 +87,7 @@ class TextEmbedderFamily:
         if self._pooled_rows_only:
             pooled_rows.wrap_last_layer(model.layers)
         cpu_linear.pack_linears(model)
+        cpu_fusion.fuse(model, cpu_kernels.active())
 
     # ---- prepare (CPU, per item) -------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The compiled CPU attention against PyTorch's SDPA, sequence by sequence, on the layouts packed passes give it."""
+"""The compiled CPU kernels against PyTorch: attention against SDPA sequence by sequence on the layouts packed passes
+give it; the fused RMSNorm and SiLU-and-multiply against the decoder modules they replace."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from embedding_api.families import cpu_attention, packing
+from embedding_api.families import cpu_fusion, cpu_kernels, packing
 from embedding_api.families.base import Span
 
 F = torch.nn.functional
@@ -17,9 +18,9 @@ F = torch.nn.functional
 
 @pytest.fixture(scope="module")
 def op() -> Any:
-    kernel = cpu_attention.kernel()
-    assert kernel is not None, "the kernel must build on a machine with a C++ compiler (the test machines have one)"
-    return kernel
+    ops = cpu_kernels.library()
+    assert ops is not None, "the kernels must build on a machine with a C++ compiler (the test machines have one)"
+    return ops
 
 
 def reference(
@@ -46,7 +47,7 @@ def run(op: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sp
         rows.append((start, count, len(segments), len(segments) + len(parts)))
         segments.extend(parts)
     layout = torch.tensor(rows, dtype=torch.int64), torch.tensor(segments, dtype=torch.int64)
-    return cpu_attention.attend(op, query, key, value, *layout, query.shape[-1] ** -0.5)
+    return cpu_kernels.attend(op, query, key, value, *layout, query.shape[-1] ** -0.5)
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(8, 4, 64), (4, 4, 32), (8, 2, 80), (2, 1, 128)])
@@ -125,11 +126,11 @@ def test_the_packed_pass_reads_the_same_with_the_kernel_and_with_sdpa() -> None:
     query, key, value = torch.randn(1, 8, 130, 64), torch.randn(1, 4, 130, 64), torch.randn(1, 4, 130, 64)
     module = type("Layer", (), {"is_causal": True, "layer_idx": 0})()
     results = []
-    for kernel in (True, False):
-        packing.register(kernel=kernel)
+    for compiled in (True, False):
+        cpu_kernels.choose(compiled)
         with packing.packed_sequences(spans):
             results.append(packing._attention(module, query, key, value, None, scaling=0.125)[0])
-    packing.register(kernel=True)
+    cpu_kernels.choose(True)
     assert (results[0] - results[1]).abs().max().item() < 2e-5
 
 
@@ -138,11 +139,56 @@ def test_a_machine_that_cannot_build_it_falls_back_to_sdpa(
 ) -> None:
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(cpu_attention, "SOURCE", broken)
+    monkeypatch.setattr(cpu_kernels, "SOURCE", broken)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(cpu_attention, "_loaded", {})
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
     with caplog.at_level(logging.WARNING, logger="embedding_api.families"):
-        assert cpu_attention.kernel() is None
-        assert cpu_attention.kernel() is None  # tried once: no second build
-    warnings = [r for r in caplog.records if "unavailable, using SDPA" in r.getMessage()]
+        assert cpu_kernels.library() is None
+        assert cpu_kernels.library() is None  # tried once: no second build
+        assert cpu_kernels.active() is None
+    warnings = [r for r in caplog.records if "unavailable, using PyTorch" in r.getMessage()]
     assert len(warnings) == 1 and "error" in warnings[0].getMessage().lower()
+
+
+def qwen3_decoder_parts() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """An RMSNorm and a gated MLP as transformers builds them for Qwen3 (random weights)."""
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm
+
+    config = Qwen3Config(hidden_size=96, intermediate_size=200, hidden_act="silu")
+    norm = Qwen3RMSNorm(96, eps=1e-6)
+    torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+    return norm, Qwen3MLP(config)
+
+
+def test_fused_rms_norm_and_gated_mlp_equal_the_modules_they_replace(op: Any) -> None:
+    torch.manual_seed(5)
+    norm, mlp = qwen3_decoder_parts()
+    holder = torch.nn.Sequential(norm, mlp)
+    hidden = torch.randn(3, 37, 96) * 4
+    expected_norm, expected_mlp = norm(hidden), mlp(hidden)
+    assert cpu_fusion.fuse(holder, op) == 2
+    assert isinstance(holder[0], cpu_fusion.FusedRMSNorm) and isinstance(holder[1], cpu_fusion.FusedGatedMLP)
+    assert (holder[0](hidden) - expected_norm).abs().max().item() < 1e-5
+    assert (holder[1](hidden) - expected_mlp).abs().max().item() < 1e-5
+    # a transposed (non-contiguous) input and a head-sized norm, as q_norm / k_norm see them
+    heads = torch.randn(37, 4, 96).transpose(0, 1)
+    assert (holder[0](heads) - norm(heads)).abs().max().item() < 1e-5
+    assert cpu_fusion.fuse(holder, op) == 0  # already fused
+
+
+def test_other_dtypes_go_through_the_original_modules(op: Any) -> None:
+    norm, mlp = qwen3_decoder_parts()
+    norm, mlp = norm.to(torch.bfloat16), mlp.to(torch.bfloat16)
+    holder = torch.nn.Sequential(norm, mlp)
+    hidden = torch.randn(2, 5, 96, dtype=torch.bfloat16)
+    expected = mlp(norm(hidden))
+    cpu_fusion.fuse(holder, op)
+    assert torch.equal(holder(hidden), expected)
+
+
+def test_nothing_is_fused_without_the_kernels() -> None:
+    norm, mlp = qwen3_decoder_parts()
+    holder = torch.nn.Sequential(norm, mlp)
+    assert cpu_fusion.fuse(holder, None) == 0
+    assert holder[0] is norm and holder[1] is mlp

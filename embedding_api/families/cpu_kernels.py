@@ -1,10 +1,12 @@
-"""The CPU's causal attention for packed rows: a small C++ kernel (`cpu_attention.cpp`), built on this machine the
-first time a model loads on the CPU, kept in a cache folder, and loaded from there afterwards.
+"""The CPU's compiled kernels (`cpu_kernels.cpp`): built on this machine the first time a model loads on the CPU,
+kept in a cache folder, and loaded from there afterwards.
 
-On the benchmark machine it computes a packed row's attention in about half the time PyTorch's CPU flash attention
-takes sequence by sequence (that kernel computes a causal sequence under 512 tokens as a full square). Where it
-cannot be built (no C++ compiler, a PyTorch without BLAS) the packed attention stays on SDPA, and one log line says
-why. Float32 only: other dtypes stay on SDPA.
+- Causal attention for a packed row: on the benchmark machine about half the time PyTorch's CPU flash attention
+  takes sequence by sequence (that kernel computes a causal sequence under 512 tokens as a full square).
+- RMSNorm and SiLU-and-multiply in one pass each (`cpu_fusion` puts them in the decoder layers).
+
+Where they cannot be built (no C++ compiler, a PyTorch without BLAS) attention stays on SDPA and the element-wise
+ops on PyTorch's own, and one log line says why. Float32 only: other dtypes keep PyTorch's ops.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 log = logging.getLogger("embedding_api.families")
 
-SOURCE = Path(__file__).with_name("cpu_attention.cpp")
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 BLOCK = 64  # query rows per task and head: measured best among 32 / 64 / 128 on the benchmark machine
 # Compiler flags for the vector width PyTorch itself dispatches to on this CPU (its `Vectorized` needs the macro).
 _VECTOR_FLAGS = {
@@ -31,7 +33,8 @@ _VECTOR_FLAGS = {
 }
 
 _lock = threading.Lock()
-_loaded: dict[str, Any] = {}  # "op": the loaded operator, or None once a build failed
+_chosen = {"compiled": True}  # CPU_KERNELS, set when a model loads on the CPU (one setting per process)
+_loaded: dict[str, Any] = {}  # "ops": the loaded operators' namespace, or None once a build failed
 
 
 def cache_folder() -> Path:
@@ -61,11 +64,11 @@ def _build() -> Any:
     library = build / "embedding_api_cpu.so"
     if library.exists():  # built before (the key names the source, flags and PyTorch): load it, no tool needed
         torch.ops.load_library(str(library))
-        return torch.ops.embedding_api_cpu.packed_causal_attention
+        return torch.ops.embedding_api_cpu
     build.mkdir(parents=True, exist_ok=True)
     from torch.utils import cpp_extension
 
-    log.info("building the CPU attention kernel in %s (once per machine, about 30 s)", build)
+    log.info("building the CPU kernels in %s (once per machine, about 30 s)", build)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME notice means nothing here
     cpp_extension.load(
         name="embedding_api_cpu",
@@ -75,25 +78,37 @@ def _build() -> Any:
         is_python_module=False,
         verbose=False,
     )
-    return torch.ops.embedding_api_cpu.packed_causal_attention
+    return torch.ops.embedding_api_cpu
 
 
-def kernel() -> Any:
-    """The loaded operator (built first if needed), or None where it cannot be built; tried once per process."""
+def library() -> Any:
+    """The loaded operators (built first if needed), or None where they cannot be built; tried once per process."""
     with _lock:
-        if "op" not in _loaded:
+        if "ops" not in _loaded:
             try:
-                _loaded["op"] = _build()
+                _loaded["ops"] = _build()
             except Exception as exc:  # any build or load failure: SDPA serves instead
                 lines = str(exc).strip().splitlines() or [type(exc).__name__]
                 reason = next((line for line in lines if "error" in line.lower()), lines[-1]).strip()
-                log.warning("CPU attention kernel unavailable, using SDPA (%s)", reason[:300])
-                _loaded["op"] = None
-        return _loaded["op"]
+                log.warning("CPU kernels unavailable, using PyTorch's own ops and SDPA (%s)", reason[:300])
+                _loaded["ops"] = None
+        return _loaded["ops"]
+
+
+def choose(compiled: bool) -> None:
+    """Whether CPU models use the compiled kernels (built now if needed) or PyTorch's own ops."""
+    _chosen["compiled"] = compiled
+    if compiled:
+        library()
+
+
+def active() -> Any:
+    """The compiled kernels when chosen and built, else None (PyTorch's own ops serve)."""
+    return library() if _chosen["compiled"] else None
 
 
 def attend(
-    op: Any,
+    ops: Any,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -104,5 +119,5 @@ def attend(
     """Causal attention of (rows, heads, head_dim) queries over (keys, kv_heads, head_dim) keys and values, laid
     out by `spans` and `segments` (see the kernel's header); returns (rows, heads, head_dim)."""
     out = query.new_empty(query.shape)
-    op(query, key, value, spans, segments, out, scale, BLOCK)
+    ops.packed_causal_attention(query, key, value, spans, segments, out, scale, BLOCK)
     return out

@@ -1,6 +1,8 @@
-// Causal attention for a packed row of sequences on the CPU, in float32: the kernel behind `cpu_attention.py`.
+// The CPU's compiled kernels, float32 (loaded by `cpu_kernels.py`):
+// - causal attention for a packed row of sequences;
+// - RMSNorm and SiLU-and-multiply in one pass each, where PyTorch's decoder code makes four and two.
 //
-// PyTorch's CPU flash attention computes a causal sequence shorter than 512 tokens as a full square (its key
+// Attention. PyTorch's CPU flash attention computes a causal sequence shorter than 512 tokens as a full square (its key
 // blocks are 512 long, and only whole blocks are skipped), and each sequence is one call. Here a task is one query
 // block of one key/value head (the group's query heads folded into one matrix, so each key block serves all of
 // them), and it reads exactly the keys its rows may see: about half the work on short sequences, one call per
@@ -179,10 +181,75 @@ void packed_causal_attention(const at::Tensor& query, const at::Tensor& key, con
   });
 }
 
+// RMSNorm over the last dimension as the decoders write it in float32: x * (1 / sqrt(mean(x^2) + eps)), then
+// times the weight. x must be contiguous.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat, "rms_norm takes float32 tensors");
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "rms_norm takes contiguous tensors");
+  const int64_t width = x.size(-1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == width, "the weight must match the last dimension");
+  at::Tensor out = at::empty_like(x);
+  const int64_t rows = width ? x.numel() / width : 0;
+  const float* in = x.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    constexpr int64_t lanes = Vec::size();
+    float spill[lanes];
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = in + r * width;
+      float* dst = o + r * width;
+      Vec squares(0.f);
+      int64_t j = 0;
+      for (; j + lanes <= width; j += lanes) {
+        const Vec v = Vec::loadu(row + j);
+        squares = at::vec::fmadd(v, v, squares);
+      }
+      squares.store(spill);
+      float sum = 0.f;
+      for (int64_t l = 0; l < lanes; ++l) sum += spill[l];
+      for (; j < width; ++j) sum += row[j] * row[j];
+      const float inverse = 1.f / std::sqrt(sum / static_cast<float>(width) + static_cast<float>(eps));
+      const Vec scale(inverse);
+      for (j = 0; j + lanes <= width; j += lanes)
+        ((Vec::loadu(row + j) * scale) * Vec::loadu(w + j)).store(dst + j);
+      for (; j < width; ++j) dst[j] = (row[j] * inverse) * w[j];
+    }
+  });
+  return out;
+}
+
+// silu(gate) * up, with SiLU as PyTorch computes it on the CPU: x / (1 + exp(-x)). Both contiguous, one shape.
+at::Tensor silu_and_mul(const at::Tensor& gate, const at::Tensor& up) {
+  TORCH_CHECK(gate.scalar_type() == at::kFloat && up.scalar_type() == at::kFloat, "silu_and_mul takes float32");
+  TORCH_CHECK(gate.is_contiguous() && up.is_contiguous() && gate.sizes() == up.sizes(),
+              "silu_and_mul takes two contiguous tensors of one shape");
+  at::Tensor out = at::empty_like(gate);
+  const float* g = gate.data_ptr<float>();
+  const float* u = up.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, gate.numel(), 16384, [&](int64_t begin, int64_t end) {
+    const Vec one(1.f);
+    int64_t j = begin;
+    for (; j + Vec::size() <= end; j += Vec::size()) {
+      const Vec x = Vec::loadu(g + j);
+      ((x / (one + x.neg().exp())) * Vec::loadu(u + j)).store(o + j);
+    }
+    for (; j < end; ++j) o[j] = (g[j] / (1.f + std::exp(-g[j]))) * u[j];
+  });
+  return out;
+}
+
 TORCH_LIBRARY(embedding_api_cpu, m) {
   m.def(
       "packed_causal_attention(Tensor query, Tensor key, Tensor value, Tensor spans, Tensor segments, "
       "Tensor(a!) out, float scale, int block) -> ()");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("silu_and_mul(Tensor gate, Tensor up) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(embedding_api_cpu, CPU, m) { m.impl("packed_causal_attention", packed_causal_attention); }
+TORCH_LIBRARY_IMPL(embedding_api_cpu, CPU, m) {
+  m.impl("packed_causal_attention", packed_causal_attention);
+  m.impl("rms_norm", rms_norm);
+  m.impl("silu_and_mul", silu_and_mul);
+}
