@@ -49,6 +49,18 @@ def _build_key(capability: str) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
+def _put_ninja_on_path() -> None:
+    """PyTorch's builder runs `ninja` from PATH; the ninja wheel in this environment may not be on it (a venv's
+    Python started by its full path)."""
+    try:
+        import ninja  # type: ignore[import-untyped]
+    except ImportError:
+        return
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, [ninja.BIN_DIR, path]))
+
+
 def _build() -> Any:
 
     capability = torch.backends.cpu.get_cpu_capability()
@@ -62,7 +74,8 @@ def _build() -> Any:
         folder = Path(tempfile.gettempdir()) / f"embedding_api-kernels-{os.getuid()}"
     build = folder / _build_key(capability)
     library = build / "embedding_api_cpu.so"
-    if library.exists():  # built before (the key names the source, flags and PyTorch): load it, no tool needed
+    ready = build / "ready"  # written once a build has finished: another process may be building it right now
+    if library.exists() and ready.exists():  # built before (the key names the source, flags and PyTorch)
         torch.ops.load_library(str(library))
         return torch.ops.embedding_api_cpu
     build.mkdir(parents=True, exist_ok=True)
@@ -70,6 +83,7 @@ def _build() -> Any:
 
     log.info("building the CPU kernels in %s (once per machine, about 30 s)", build)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME notice means nothing here
+    _put_ninja_on_path()
     cpp_extension.load(
         name="embedding_api_cpu",
         sources=[str(SOURCE)],
@@ -78,6 +92,7 @@ def _build() -> Any:
         is_python_module=False,
         verbose=False,
     )
+    ready.touch()
     return torch.ops.embedding_api_cpu
 
 
