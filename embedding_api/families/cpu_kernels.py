@@ -62,7 +62,6 @@ def _put_ninja_on_path() -> None:
 
 
 def _build() -> Any:
-
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", "-fopenmp"]
     if capability in _VECTOR_FLAGS:

@@ -39,15 +39,12 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return _DTYPES[setting]
 
 
-def best_attention(device: torch.device, cpu_kernels: str = "compiled") -> str:
+def best_attention(device: torch.device) -> str:
     """flash-attention 2 when installed on CUDA, else PyTorch's sdpa; on the CPU, padding-free batches
-    (`families.packing`: measured faster than padded batches and than one sequence at a time there), attending in
-    the compiled kernels unless `cpu_kernels` is "pytorch" (`families.cpu_kernels`)."""
+    (`families.packing`: measured faster than padded batches and than one sequence at a time there)."""
     if device.type == "cpu":
-        from embedding_api.families import cpu_kernels as kernels
         from embedding_api.families import packing
 
-        kernels.choose(cpu_kernels == "compiled")
         return packing.register()
     if device.type == "cuda":
         try:

@@ -134,7 +134,10 @@ def load_family(settings: Settings, spec: ModelSpec | None = None) -> EmbeddingF
     device = resolve_device(spec.device or settings.device)
     dtype = resolve_dtype(spec.dtype or settings.dtype, device)
     if device.type == "cpu":
+        from embedding_api.families import cpu_kernels
+
         torch.set_grad_enabled(False)
+        cpu_kernels.choose(settings.cpu_kernels == "compiled")
     loaded: EmbeddingFamily
     if family == "qwen3_vl":
         loaded = _qwen3_vl(settings, spec, path, device, dtype, setting)
@@ -166,14 +169,7 @@ def _qwen3_vl(settings: Settings, spec: ModelSpec, path: Path, device: Any, dtyp
 
     from embedding_api.families.qwen3_vl import Qwen3VLFamily, VisionLimits
 
-    model = _weights(
-        AutoModel,
-        path,
-        setting,
-        spec.path,
-        dtype=dtype,
-        attn_implementation=best_attention(device, settings.cpu_kernels),
-    )
+    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device))
     model.to(device).eval()
     limits = VisionLimits(
         min_pixels=settings.min_pixels,
@@ -216,7 +212,7 @@ def _qwen3_vl_reranker(settings: Settings, spec: ModelSpec, path: Path, device: 
         setting,
         spec.path,
         dtype=dtype,
-        attn_implementation=best_attention(device, settings.cpu_kernels),
+        attn_implementation=best_attention(device),
     )
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(path)
@@ -240,12 +236,7 @@ def _qwen3_reranker(settings: Settings, spec: ModelSpec, path: Path, device: Any
     from embedding_api.families.qwen3_vl_reranker import score_weight
 
     model = _weights(
-        AutoModelForCausalLM,
-        path,
-        setting,
-        spec.path,
-        dtype=dtype,
-        attn_implementation=best_attention(device, settings.cpu_kernels),
+        AutoModelForCausalLM, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device)
     )
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -271,14 +262,7 @@ def _text(settings: Settings, spec: ModelSpec, family: str, path: Path, device: 
     from embedding_api.families.text_embedders import QWEN3_EMBEDDING, TextEmbedderFamily, hidden_state_recipe
 
     recipe = QWEN3_EMBEDDING if family == "qwen3_embedding" else hidden_state_recipe(spec.layer, spec.pooling)
-    model = _weights(
-        AutoModel,
-        path,
-        setting,
-        spec.path,
-        dtype=dtype,
-        attn_implementation=best_attention(device, settings.cpu_kernels),
-    )
+    model = _weights(AutoModel, path, setting, spec.path, dtype=dtype, attn_implementation=best_attention(device))
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return TextEmbedderFamily(

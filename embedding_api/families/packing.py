@@ -61,10 +61,16 @@ class _SpanPlan:
     mask: torch.Tensor | None  # which keys each own query sees, when not plainly causal
 
 
+def _key_ranges(span: Span, stored: int) -> tuple[tuple[tuple[int, int], ...], int]:
+    """A sequence's context ranges in the key space, and where its own tokens start there: the first sequence
+    continues the stored prefix, if any; the others keep their contexts."""
+    if span.start:
+        return span.context, span.start
+    return ((0, stored),) if stored else (), stored
+
+
 def _plan(span: Span, device: torch.device, stored: int) -> _SpanPlan:
-    # the first sequence continues the stored prefix, if any; the others keep their contexts
-    context = span.context if span.start else ((0, stored),) if stored else ()
-    start = span.start if span.start else stored
+    context, start = _key_ranges(span, stored)
     own, length = slice(start - stored, span.end - stored), span.end - start
     if not context:
         return _SpanPlan(own, slice(span.start, span.end), None, None)
@@ -96,8 +102,7 @@ def _kernel_layout(spans: list[Span], stored: int) -> _KernelLayout:
     last: list[tuple[int, int, int, int]] = []
     segments: list[list[int]] = []
     for index, span in enumerate(spans):
-        context = span.context if span.start else ((0, stored),) if stored else ()
-        start = span.start if span.start else stored
+        context, start = _key_ranges(span, stored)
         first = len(segments)
         for begin, end in (*context, (start, span.end)):
             if len(segments) > first and sum(segments[-1]) == begin:  # continues the previous segment
@@ -185,12 +190,13 @@ class _Pass:
 
     def __init__(self, spans: list[Span], device: torch.device, stored: int) -> None:
         self.spans, self.device, self.stored = spans, device, stored
+        self.kernels = cpu_kernels.active()  # looked up once per pass, read by every layer
         self._plans: list[_SpanPlan] | None = None
         self._kernel: _KernelLayout | None = None
 
     def kernel_layout(self, query: torch.Tensor) -> _KernelLayout | None:
         """The compiled kernel's layout when it serves these queries (float32 on the CPU), else None."""
-        if query.dtype != torch.float32 or query.device.type != "cpu" or cpu_kernels.active() is None:
+        if query.dtype != torch.float32 or query.device.type != "cpu" or self.kernels is None:
             return None
         if self._kernel is None:
             self._kernel = _kernel_layout(self.spans, self.stored)
@@ -253,7 +259,7 @@ def _attention(
     if layout is not None:  # (batch, rows, heads, head_dim), as transformers' attention modules read it back
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         queries, keys, values = _rows_first(query, keys, values)
-        rows = cpu_kernels.attend(cpu_kernels.active(), queries, keys, values, layout.spans, layout.segments, scale)
+        rows = cpu_kernels.attend(running.kernels, queries, keys, values, layout.spans, layout.segments, scale)
         return rows.unsqueeze(0), None
     output_rows = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
     for plan in running.plans():
@@ -277,7 +283,7 @@ def last_query_attention(
     if layout is not None:
         queries, keys, values = _rows_first(query, keys, values)
         return cpu_kernels.attend(
-            cpu_kernels.active(), queries, keys, values, layout.last, layout.segments, scale
+            running.kernels, queries, keys, values, layout.last, layout.segments, scale
         ).unsqueeze(0)
     parts = []
     for index, plan in enumerate(running.plans()):
