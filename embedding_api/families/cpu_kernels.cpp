@@ -1,6 +1,7 @@
 // The CPU's compiled kernels, float32 (loaded by `cpu_kernels.py`):
 // - causal attention for a packed row of sequences;
-// - RMSNorm and SiLU-and-multiply in one pass each, where PyTorch's decoder code makes four and two.
+// - RMSNorm and SiLU-and-multiply in one pass each, where PyTorch's decoder code makes four and two;
+// - rotary position embedding of queries and keys in one pass, where PyTorch's code makes six per tensor.
 //
 // Attention. PyTorch's CPU flash attention computes a causal sequence shorter than 512 tokens as a full square (its key
 // blocks are 512 long, and only whole blocks are skipped), and each sequence is one call. Here a task is one query
@@ -240,16 +241,63 @@ at::Tensor silu_and_mul(const at::Tensor& gate, const at::Tensor& up) {
   return out;
 }
 
+// Rotary embedding as transformers writes it, x * cos + rotate_half(x) * sin, where rotate_half(x) is
+// (-x[D/2:], x[:D/2]). x is (T, H, D) with any row and head strides (D contiguous); cos and sin are contiguous (T, D),
+// the same for every head. Returns a contiguous (T, H, D) tensor.
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
+              "rotary takes float32 tensors");
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1, "x must be (T, H, D) with D contiguous");
+  const int64_t rows = x.size(0), heads = x.size(1), dim = x.size(2), half = dim / 2;
+  TORCH_CHECK(dim % 2 == 0, "the head size must be even");
+  TORCH_CHECK(cos.dim() == 2 && cos.size(0) == rows && cos.size(1) == dim && cos.is_contiguous() &&
+                  sin.sizes() == cos.sizes() && sin.is_contiguous(),
+              "cos and sin must be contiguous (T, D)");
+  at::Tensor out = at::empty({rows, heads, dim}, x.options());
+  const float* in = x.data_ptr<float>();
+  const float* c = cos.data_ptr<float>();
+  const float* s = sin.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t row_stride = x.stride(0), head_stride = x.stride(1);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    constexpr int64_t lanes = Vec::size();
+    for (int64_t t = begin; t < end; ++t) {
+      const float* ct = c + t * dim;
+      const float* st = s + t * dim;
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* src = in + t * row_stride + h * head_stride;
+        float* dst = o + (t * heads + h) * dim;
+        int64_t i = 0;
+        if (half % lanes == 0) {
+          for (; i < half; i += lanes) {
+            const Vec low = Vec::loadu(src + i), high = Vec::loadu(src + half + i);
+            (low * Vec::loadu(ct + i) - high * Vec::loadu(st + i)).store(dst + i);
+            (high * Vec::loadu(ct + half + i) + low * Vec::loadu(st + half + i)).store(dst + half + i);
+          }
+        }
+        for (; i < half; ++i) {
+          const float low = src[i], high = src[half + i];
+          dst[i] = low * ct[i] - high * st[i];
+          dst[half + i] = high * ct[half + i] + low * st[half + i];
+        }
+      }
+    }
+  });
+  return out;
+}
+
 TORCH_LIBRARY(embedding_api_cpu, m) {
   m.def(
       "packed_causal_attention(Tensor query, Tensor key, Tensor value, Tensor spans, Tensor segments, "
       "Tensor(a!) out, float scale, int block) -> ()");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("silu_and_mul(Tensor gate, Tensor up) -> Tensor");
+  m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(embedding_api_cpu, CPU, m) {
   m.impl("packed_causal_attention", packed_causal_attention);
   m.impl("rms_norm", rms_norm);
   m.impl("silu_and_mul", silu_and_mul);
+  m.impl("rotary", rotary);
 }

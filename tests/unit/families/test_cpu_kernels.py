@@ -192,3 +192,103 @@ def test_nothing_is_fused_without_the_kernels() -> None:
     holder = torch.nn.Sequential(norm, mlp)
     assert cpu_fusion.fuse(holder, None) == 0
     assert holder[0] is norm and holder[1] is mlp
+
+
+def transformers_rotary() -> tuple[Any, Any]:
+    """transformers' own rotary functions for Qwen3-VL text and vision."""
+    from transformers.models.qwen3_vl import modeling_qwen3_vl as modeling
+
+    return modeling.apply_rotary_pos_emb, modeling.apply_rotary_pos_emb_vision
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "tokens"), [(8, 4, 64, 300), (16, 8, 128, 7), (2, 1, 80, 1)])
+def test_fused_text_rotary_equals_transformers(op: Any, heads: int, kv_heads: int, head_dim: int, tokens: int) -> None:
+    torch.manual_seed(heads + tokens)
+    original, _ = transformers_rotary()
+    # as the attention code hands them over: (1, heads, T, D) views of the projections' (T, heads, D) rows
+    q = torch.randn(1, tokens, heads, head_dim).transpose(1, 2)
+    k = torch.randn(1, tokens, kv_heads, head_dim).transpose(1, 2)
+    angles = torch.rand(1, tokens, head_dim) * 50
+    cos, sin = angles.cos(), angles.sin()
+    fused_q, fused_k = cpu_fusion.fused_text_rotary(original)(q, k, cos, sin)
+    expected_q, expected_k = original(q, k, cos, sin)
+    assert fused_q.shape == expected_q.shape and fused_k.shape == expected_k.shape
+    assert (fused_q - expected_q).abs().max().item() < 1e-6
+    assert (fused_k - expected_k).abs().max().item() < 1e-6
+
+
+def test_fused_vision_rotary_equals_transformers(op: Any) -> None:
+    torch.manual_seed(3)
+    _, original = transformers_rotary()
+    q, k, _ = torch.randn(96, 3, 4, 32).permute(1, 0, 2, 3).unbind(0)  # strided, as the vision blocks split qkv
+    angles = torch.rand(96, 32) * 20
+    fused = cpu_fusion.fused_vision_rotary(original)(q, k, angles.cos(), angles.sin())
+    expected = original(q, k, angles.cos(), angles.sin())
+    for got, want in zip(fused, expected, strict=True):
+        assert got.shape == want.shape and (got - want).abs().max().item() < 1e-6
+
+
+def test_rotary_inputs_the_kernel_does_not_take_go_through_transformers(op: Any) -> None:
+    original, _ = transformers_rotary()
+    fused = cpu_fusion.fused_text_rotary(original)
+    angles = torch.rand(2, 9, 16)
+    cases = [
+        (torch.randn(2, 4, 9, 16), torch.randn(2, 2, 9, 16), angles.cos(), angles.sin(), 1),  # two rows
+        (torch.randn(1, 9, 4, 16), torch.randn(1, 9, 2, 16), angles[:1].cos(), angles[:1].sin(), 2),  # other layout
+        (
+            *(t.bfloat16() for t in (torch.randn(1, 4, 9, 16), torch.randn(1, 2, 9, 16))),
+            angles[:1].cos().bfloat16(),
+            angles[:1].sin().bfloat16(),
+            1,
+        ),
+    ]
+    for q, k, cos, sin, unsqueeze in cases:
+        for got, want in zip(fused(q, k, cos, sin, unsqueeze), original(q, k, cos, sin, unsqueeze), strict=True):
+            assert torch.equal(got, want)
+    calls: list[int] = []
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return original(*args)
+
+    q, k, cos, sin, _ = cases[0]
+    try:
+        cpu_kernels.choose(False)  # CPU_KERNELS=pytorch: transformers' rotary serves
+        cpu_fusion.fused_text_rotary(counting)(q[:1], k[:1], cos[:1], sin[:1])
+    finally:
+        cpu_kernels.choose(True)
+    cpu_fusion.fused_text_rotary(counting)(q[:1], k[:1], cos[:1], sin[:1])
+    assert calls == [1]
+
+
+def test_only_the_fused_models_attention_rotates_through_the_kernel(op: Any) -> None:
+    from transformers import Qwen3Config
+    from transformers.models.qwen3 import modeling_qwen3
+
+    config = Qwen3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, layer_types=None)
+    config._attn_implementation = "sdpa"
+    original_rotary = modeling_qwen3.apply_rotary_pos_emb
+    fused, reference = (modeling_qwen3.Qwen3Attention(config, layer_idx=0) for _ in range(2))
+    reference.load_state_dict(fused.state_dict())
+    assert cpu_fusion.fuse(torch.nn.Sequential(fused), op) == 2  # q_norm and k_norm
+    assert "forward" in vars(fused)  # and its forward now rotates through the kernel
+    assert modeling_qwen3.apply_rotary_pos_emb is original_rotary  # transformers' module is left as it was
+    assert "forward" not in vars(reference)
+    cpu_fusion.fuse(torch.nn.Sequential(fused), op)
+    hidden = torch.randn(1, 11, 64)
+    angles = torch.rand(1, 11, 16) * 10
+    calls: list[int] = []
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return original_rotary(*args)
+
+    modeling_qwen3.apply_rotary_pos_emb = counting  # what the reference's forward reads
+    try:
+        with torch.inference_mode():
+            expected = reference(hidden, (angles.cos(), angles.sin()), None)[0]
+            got = fused(hidden, (angles.cos(), angles.sin()), None)[0]
+    finally:
+        modeling_qwen3.apply_rotary_pos_emb = original_rotary
+    assert len(calls) == 1  # the reference only: the fused module reads its own copy
+    assert (got - expected).abs().max().item() < 1e-5
