@@ -41,31 +41,33 @@ void gemm(char trans_a, char trans_b, int64_t m, int64_t n, int64_t k, float alp
   sgemm_(&trans_a, &trans_b, &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc);
 }
 
-// Softmax over row[0, limit) in place, zeros after it up to `width`; returns 1 / the sum of the exponentials.
+// Softmax over row[0, limit) in place, zeros after it up to `width`; returns 1 / the sum of the exponentials. The
+// row's ragged end goes through masked vectors too: scalar exponentials there cost as much as the rest of a short row.
 float softmax_row(float* row, int64_t limit, int64_t width) {
   constexpr int64_t lanes = Vec::size();
+  const int64_t whole = limit - limit % lanes, rest = limit - whole;
+  const Vec lowest(-std::numeric_limits<float>::infinity());
+  Vec vmax = lowest;
+  for (int64_t j = 0; j < whole; j += lanes) vmax = at::vec::maximum(vmax, Vec::loadu(row + j));
+  if (rest) vmax = at::vec::maximum(vmax, Vec::set(lowest, Vec::loadu(row + whole, rest), rest));
   float spill[lanes];
-  Vec vmax(-std::numeric_limits<float>::infinity());
-  int64_t j = 0;
-  for (; j + lanes <= limit; j += lanes) vmax = at::vec::maximum(vmax, Vec::loadu(row + j));
   vmax.store(spill);
-  float top = spill[0];
-  for (int64_t l = 1; l < lanes; ++l) top = std::max(top, spill[l]);
-  for (; j < limit; ++j) top = std::max(top, row[j]);
+  const float top = *std::max_element(spill, spill + lanes);
   const Vec shift(top);
   Vec vsum(0.f);
-  for (j = 0; j + lanes <= limit; j += lanes) {
+  for (int64_t j = 0; j < whole; j += lanes) {
     const Vec e = (Vec::loadu(row + j) - shift).exp_u20();
     e.store(row + j);
+    vsum = vsum + e;
+  }
+  if (rest) {
+    const Vec e = Vec::set(Vec(0.f), (Vec::loadu(row + whole, rest) - shift).exp_u20(), rest);
+    e.store(row + whole, rest);
     vsum = vsum + e;
   }
   vsum.store(spill);
   float sum = 0.f;
   for (int64_t l = 0; l < lanes; ++l) sum += spill[l];
-  for (; j < limit; ++j) {
-    row[j] = std::exp(row[j] - top);
-    sum += row[j];
-  }
   if (width > limit) std::memset(row + limit, 0, (width - limit) * sizeof(float));
   return 1.f / sum;
 }
