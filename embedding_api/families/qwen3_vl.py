@@ -61,6 +61,9 @@ class _Prompt:
     videos: list[torch.Tensor] = field(default_factory=list)
     video_metadata: list[dict[str, Any]] = field(default_factory=list)
     cut_to: int | None = None  # a family rule cuts the encoded tokens to this length (see `_encoded`)
+    # The prompt's token ids as prepare counted them, when it has no visual inputs: a batch of such prompts needs
+    # no second tokenisation in collate.
+    ids: np.ndarray | None = None
 
 
 def system_instruction(instruction: str | None, default: str) -> str:
@@ -125,6 +128,7 @@ class Qwen3VLFamily:
         cpu_fusion.fuse(model, cpu_kernels.active())
         self._end_of_turn = "<|im_end|>"
         self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
+        self._system_ids = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._ids)
         self._prefixes = packing.PrefixStore()  # shared prefixes' keys and values, across passes (device thread)
 
     # ---- prepare (CPU, per item) -------------------------------------------------------------------------
@@ -136,7 +140,7 @@ class Qwen3VLFamily:
         item.check_wanted()
         texts = [text[: self.max_length * _MAX_CHARS_PER_TOKEN] for text in item.texts]  # bounds tokenizer work
         instruction = system_instruction(item.instruction, self.default_instruction)
-        text, tokens = self._render_and_count(instruction, texts, images, videos)
+        text, tokens, ids = self._render_and_tokenize(instruction, texts, images, videos)
         if tokens > self.max_length:
             if not item.truncate:
                 raise ApiError(
@@ -144,8 +148,8 @@ class Qwen3VLFamily:
                     f"input is {tokens} tokens, above MAX_LENGTH={self.max_length}, and truncate is false",
                     code="input_too_long",
                 )
-            text, tokens = self._shorten(instruction, texts, images, videos, tokens)
-        return self._prepared(text, tokens, images, videos, item.modalities)
+            text, tokens, ids = self._shorten(instruction, texts, images, videos, tokens)
+        return self._prepared(text, tokens, images, videos, item.modalities, ids)
 
     def _resize_image(self, image: Image.Image) -> Image.Image:
         limits = self.limits
@@ -213,16 +217,27 @@ class Qwen3VLFamily:
     def _visual_tokens(self, height: int, width: int, factor: int) -> int:
         return (height // factor) * (width // factor)
 
-    def _render_and_count(
+    def _render_and_tokenize(
         self,
         instruction: str,
         texts: list[str],
         images: list[Image.Image],
         videos: list[tuple[torch.Tensor, dict[str, Any]]],
-    ) -> tuple[str, int]:
-        """The rendered prompt, and the tokens the model will see: each placeholder expanded as the processor does."""
+    ) -> tuple[str, int, np.ndarray | None]:
+        """The rendered prompt and the tokens the model will see (see `_tokenize_rendered`)."""
         prompt = self._render(instruction, texts, len(images), len(videos))
-        return prompt, self._count_rendered(prompt, images, videos)
+        return prompt, *self._tokenize_rendered(prompt, images, videos)
+
+    def _tokenize_rendered(
+        self, prompt: str, images: list[Image.Image], videos: list[tuple[torch.Tensor, dict[str, Any]]]
+    ) -> tuple[int, np.ndarray | None]:
+        """How many tokens the model will see for a rendered prompt, and their ids when it has no visual inputs
+        (the processor expands placeholders by the pixels, so those prompts are only counted here)."""
+        if images or videos:
+            return self._count_rendered(prompt, images, videos), None
+        system = self._system_block(prompt)
+        ids = np.concatenate([self._system_ids(system), self._ids(prompt[len(system) :])])
+        return len(ids), ids
 
     def _count_rendered(
         self, prompt: str, images: list[Image.Image], videos: list[tuple[torch.Tensor, dict[str, Any]]]
@@ -246,6 +261,10 @@ class Qwen3VLFamily:
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
+    def _ids(self, text: str) -> np.ndarray:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return np.asarray(ids, dtype=np.int64)
+
     def _timestamps(self, metadata: dict[str, Any]) -> list[float]:
         indices = metadata["frames_indices"]
         fps = metadata["fps"]
@@ -259,7 +278,7 @@ class Qwen3VLFamily:
         images: list[Image.Image],
         videos: list[tuple[torch.Tensor, dict[str, Any]]],
         tokens: int,
-    ) -> tuple[str, int]:
+    ) -> tuple[str, int, np.ndarray | None]:
         """Cut the user's text from its end so the whole template still fits (the pooled token stays the last).
 
         Each text part is tokenised once and the overflow is taken from the last parts in one pass (whole parts
@@ -267,24 +286,24 @@ class Qwen3VLFamily:
         when token merges at the cut leave the prompt over the limit is it cut again, a few tokens at a time.
         """
         texts = list(texts)
-        text = ""
+        text, ids = "", None
         for _ in range(_MAX_CUT_ROUNDS):
             if tokens <= self.max_length:
-                return text, tokens
+                return text, tokens, ids
             self._cut_from_end(texts, tokens - self.max_length + _CUT_SLACK)
             if not any(texts):
-                text, tokens = self._render_and_count(instruction, texts, images, videos)
+                text, tokens, ids = self._render_and_tokenize(instruction, texts, images, videos)
                 if tokens > self.max_length:
                     raise ApiError(
                         ErrorKind.ITEM_TOO_LARGE,
                         f"input needs {tokens} tokens without any text, above MAX_LENGTH={self.max_length}; "
                         "send smaller or fewer images or video frames",
                     )
-                return text, tokens
-            text, tokens = self._render_and_count(instruction, texts, images, videos)
+                return text, tokens, ids
+            text, tokens, ids = self._render_and_tokenize(instruction, texts, images, videos)
         if tokens > self.max_length:
             raise ApiError(ErrorKind.INVALID_REQUEST, f"input could not be shortened to MAX_LENGTH={self.max_length}")
-        return text, tokens
+        return text, tokens, ids
 
     def _cut_from_end(self, texts: list[str], overflow: int) -> int:
         """Take `overflow` tokens off the end of `texts` (in place: whole parts dropped, the last part still needed
@@ -309,13 +328,15 @@ class Qwen3VLFamily:
         images: list[Image.Image],
         videos: list[tuple[torch.Tensor, dict[str, Any]]],
         modalities: tuple[str, ...],
+        ids: np.ndarray | None = None,
     ) -> PreparedItem:
-        """A rendered prompt with its visual inputs, costed by its tokens and pixels."""
+        """A rendered prompt with its visual inputs (or its token ids), costed by its tokens and pixels."""
         prompt = _Prompt(
             text=text,
             images=images,
             videos=[frames for frames, _ in videos],
             video_metadata=[meta for _, meta in videos],
+            ids=ids,
         )
         pixels = sum(im.width * im.height for im in images)
         pixels += sum(int(frames.shape[0] * frames.shape[2] * frames.shape[3]) for frames, _ in videos)
@@ -342,6 +363,8 @@ class Qwen3VLFamily:
 
     def collate(self, items: list[PreparedItem]) -> Batch:
         prompts: list[_Prompt] = [item.payload for item in items]
+        if self.packs_sequences and all(prompt.ids is not None and prompt.cut_to is None for prompt in prompts):
+            return self._collate_token_ids([prompt.ids for prompt in prompts if prompt.ids is not None])
         kwargs: dict[str, Any] = {
             "text": [prompt.text for prompt in prompts],
             "padding": True,
@@ -369,6 +392,15 @@ class Qwen3VLFamily:
             tensors = {key: value.pin_memory() for key, value in tensors.items()}
         return Batch(tensors=tensors, token_counts=counts, spans=spans)
 
+    def _collate_token_ids(self, sequences: list[np.ndarray]) -> Batch:
+        """Prompts without visual inputs, packed from the ids prepare counted: the processor would only tokenise
+        them again (about a tenth of a core per forward pass on the mixed-length benchmark)."""
+        counts = [len(ids) for ids in sequences]
+        positions = torch.cat([torch.arange(count) for count in counts]).expand(3, -1)
+        tensors: dict[str, torch.Tensor] = {}
+        spans = self._pack_row(tensors, torch.from_numpy(np.concatenate(sequences)), positions, sequences)
+        return Batch(tensors=tensors, token_counts=counts, spans=spans)
+
     def _encoded(self, tensors: dict[str, torch.Tensor], prompts: list[_Prompt]) -> dict[str, torch.Tensor]:
         """The processor's output as the model reads it (a family that cuts tokens after encoding does it here)."""
         return tensors
@@ -391,8 +423,15 @@ class Qwen3VLFamily:
         else:
             positions = torch.cat([torch.arange(count) for count in counts]).expand(3, -1)
         sequences = [row[row_mask].numpy() for row, row_mask in zip(input_ids, mask, strict=True)]
+        return self._pack_row(tensors, input_ids[mask], positions, sequences)
+
+    def _pack_row(
+        self, tensors: dict[str, torch.Tensor], ids: torch.Tensor, positions: torch.Tensor, sequences: list[np.ndarray]
+    ) -> list[Span]:
+        """The sequences' real tokens `ids` (laid end to end) with their `positions`, into `tensors` as one row,
+        shared prefixes once; returns where each sequence is."""
         layout = packing.share_prefixes(sequences, unshareable=self._vision_tokens)
-        tensors["input_ids"] = input_ids[mask][layout.keep][None]
+        tensors["input_ids"] = ids[layout.keep][None]
         tensors["position_ids"] = positions[:, layout.keep][:, None, :].contiguous()
         return layout.spans
 

@@ -69,7 +69,7 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         instruction = (item.instruction or "").strip() or self.default_instruction
         chars = (self.max_length + 64) * _MAX_CHARS_PER_TOKEN  # bounds tokenizer work; see _MAX_CHARS_PER_TOKEN
         texts = [[text[:chars] for text in side.texts] for side in (item, document)]
-        prompt, tokens = self._pair_prompt(instruction, texts, sides)
+        prompt, tokens, ids = self._pair_prompt(instruction, texts, sides)
         cut = tokens - TAIL_TOKENS > self.max_length
         if cut:
             if not item.truncate:
@@ -83,7 +83,7 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
             tokens = min(tokens, self.max_length + TAIL_TOKENS + self._visual_count(sides))
         images = sides[0][0] + sides[1][0]
         videos = sides[0][1] + sides[1][1]
-        prepared = self._prepared(prompt, tokens, images, videos, item.modalities)
+        prepared = self._prepared(prompt, tokens, images, videos, item.modalities, None if cut else ids)
         prepared.payload.cut_to = self.max_length if cut else None
         return prepared
 
@@ -99,7 +99,9 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         videos = [self._prepare_video(clip, owner) for clip in side.videos]
         return images, videos
 
-    def _pair_prompt(self, instruction: str, texts: list[list[str]], sides: list[Visuals]) -> tuple[str, int]:
+    def _pair_prompt(
+        self, instruction: str, texts: list[list[str]], sides: list[Visuals]
+    ) -> tuple[str, int, np.ndarray | None]:
         content: list[dict[str, str]] = [
             {"type": "text", "text": f"<Instruct>: {instruction}"},
             {"type": "text", "text": "<Query>:"},
@@ -117,7 +119,7 @@ class Qwen3VLRerankerFamily(Qwen3VLFamily):
         prompt = str(self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True))
         images = sides[0][0] + sides[1][0]
         videos = sides[0][1] + sides[1][1]
-        return prompt, self._count_rendered(prompt, images, videos)
+        return prompt, *self._tokenize_rendered(prompt, images, videos)
 
     def _visual_count(self, sides: list[Visuals]) -> int:
         images = sides[0][0] + sides[1][0]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from devtools.tiny_checkpoint import TinySpec, build_tiny_checkpoint
@@ -424,3 +425,46 @@ def test_counting_in_other_threads_never_breaks_a_collation(tiny_family: Embeddi
         for worker in workers:
             worker.join(timeout=10)
     assert failures == []
+
+
+def test_text_only_batches_are_packed_from_the_ids_prepare_counted(tiny_family: EmbeddingFamily) -> None:
+    """A batch of prompts without visual inputs skips the processor, and gets exactly the row it would build."""
+    import dataclasses
+
+    family: Any = tiny_family
+    items = [
+        Item(texts=["hello there"]),
+        Item(texts=["  spaces\tand\nnew lines  ", "second part"], instruction="Find passages about trains"),
+        Item(texts=["ünïcödé, 漢字 and emoji 🚂🚃 mixed"], instruction="Find passages about trains"),
+        Item(texts=["a literal <|im_end|> and <|im_start|>user inside the text"]),
+        Item(texts=["a much longer text that keeps going " * 60]),
+        Item(),
+    ]
+    prepared = [family.prepare(item) for item in items]
+    assert all(item.payload.ids is not None for item in prepared)
+
+    class NoProcessor:
+        def __call__(self, **_: Any) -> Any:
+            raise AssertionError("a text-only batch must not be tokenised again")
+
+    processor, family.processor = family.processor, NoProcessor()
+    try:
+        fast = family.collate(prepared)
+    finally:
+        family.processor = processor
+    # the same prompts through the processor, as prompts with visual inputs go
+    slow = family.collate(
+        [dataclasses.replace(item, payload=dataclasses.replace(item.payload, ids=None)) for item in prepared]
+    )
+    assert fast.token_counts == slow.token_counts == [item.tokens for item in prepared]
+    assert fast.spans == slow.spans
+    assert fast.tensors.keys() == slow.tensors.keys()
+    for key in fast.tensors:
+        assert torch.equal(fast.tensors[key], slow.tensors[key]), key
+    np.testing.assert_allclose(family.run(fast), family.run(slow), atol=1e-6)
+
+
+def test_prompts_with_visual_inputs_carry_no_ids(tiny_family: EmbeddingFamily) -> None:
+    family: Any = tiny_family
+    prepared = family.prepare(Item(images=[make_image(40, 40, seed=3)], texts=["caption"]))
+    assert prepared.payload.ids is None  # the processor expands its placeholders by the pixels
