@@ -337,7 +337,10 @@ def _first_tokens(span: Span, count: int) -> tuple[tuple[int, int], ...]:
 
 
 def share_prefixes(
-    sequences: Sequence[Sequence[int]], *, unshareable: Sequence[int] = (), min_shared: int = MIN_SHARED_TOKENS
+    sequences: Sequence[Sequence[int] | np.ndarray],
+    *,
+    unshareable: Sequence[int] = (),
+    min_shared: int = MIN_SHARED_TOKENS,
 ) -> SharedLayout:
     """The layout keeping each sequence's longest prefix shared with one of the LOOKBACK sequences before it once.
 
