@@ -30,7 +30,7 @@ from bench.common import CACHE, machine, stamp, write_section
 
 VARIANTS = {
     "all": "every choice on (the server as shipped)",
-    "no-kernels": "PyTorch's own ops: packed attention through SDPA sequence by sequence, unfused norms",
+    "no-kernels": "PyTorch's own ops: packed attention through SDPA sequence by sequence, unfused norms and rotary",
     "no-heap": "glibc's default heap (fresh mappings for big blocks)",
     "no-pooled-attention": "the last layer's queries and attention for every token",
     "no-patch-linear": "vision patches through oneDNN's 3-D convolution",
