@@ -54,16 +54,18 @@ struct Task {
 
 // The chunked keys of a call: per distinct segment, its keys in chunks of kChunk.
 struct Chunks {
-  std::vector<int64_t> first;        // per segment: its first chunk
+  std::vector<int64_t> first, count;  // per segment: its first chunk and how many it has
   std::vector<int64_t> start, keys;  // per chunk: its first key row and how many keys it holds
 };
 
 Chunks chunk_segments(const int64_t* segment, int64_t segment_count) {
   Chunks chunks;
   chunks.first.resize(segment_count);
+  chunks.count.resize(segment_count);
   std::map<std::pair<int64_t, int64_t>, int64_t> seen;  // a shared context is listed once per sequence reading it
   for (int64_t g = 0; g < segment_count; ++g) {
     const int64_t start = segment[2 * g], length = segment[2 * g + 1];
+    chunks.count[g] = (length + kChunk - 1) / kChunk;
     const auto found = seen.find({start, length});
     if (found != seen.end()) {
       chunks.first[g] = found->second;
@@ -160,7 +162,7 @@ void packed_causal_attention(const at::Tensor& query, const at::Tensor& key, con
     int64_t span_chunks = 0;
     for (int64_t g = first; g < past; ++g) {
       key_counts[s] += segment[2 * g + 1];
-      span_chunks += (segment[2 * g + 1] + kChunk - 1) / kChunk;
+      span_chunks += chunks.count[g];
     }
     TORCH_CHECK(key_counts[s] >= queries, "a span has fewer keys than queries");
     most_chunks = std::max(most_chunks, span_chunks);
@@ -211,7 +213,7 @@ void packed_causal_attention(const at::Tensor& query, const at::Tensor& key, con
     const int64_t folded_max = group * round_up(block, kRows);
     std::vector<float> packed(folded_max * dim), scores(most_chunks * folded_max * kChunk),
         result(folded_max * dim), inverse(folded_max);
-    std::vector<int64_t> column(most_chunks), keys(most_chunks);
+    std::vector<int64_t> chunk(most_chunks), column(most_chunks), keys(most_chunks);  // per chunk the task reads
     for (int64_t t = next++; t < task_count; t = next++) {
       const Task& task = tasks[t];
       const int64_t* sp = span + 4 * task.span;
@@ -234,9 +236,8 @@ void packed_causal_attention(const at::Tensor& query, const at::Tensor& key, con
       // scores, chunk by chunk: (folded x kChunk) blocks of queries . keys^T
       int64_t used = 0, seen = 0;
       for (int64_t g = first; g < past && seen < width; ++g)
-        for (int64_t c = chunks.first[g]; c < chunks.first[g] + (segment[2 * g + 1] + kChunk - 1) / kChunk &&
-                                          seen < width;
-             ++c) {
+        for (int64_t c = chunks.first[g]; c < chunks.first[g] + chunks.count[g] && seen < width; ++c) {
+          chunk[used] = c;
           column[used] = seen;
           keys[used] = std::min(chunks.keys[c], width - seen);
           product(folded, round_up(keys[used], kColumns), dim, dim, kChunk, kChunk, false, packed.data(),
@@ -250,17 +251,9 @@ void packed_causal_attention(const at::Tensor& query, const at::Tensor& key, con
         inverse[r] = softmax_row(&scores[r * kChunk], folded * kChunk, column.data(), keys.data(), used, limit);
       }
       // result (folded x dim) = probabilities . values, chunk by chunk
-      used = 0;
-      seen = 0;
-      for (int64_t g = first; g < past && seen < width; ++g)
-        for (int64_t c = chunks.first[g]; c < chunks.first[g] + (segment[2 * g + 1] + kChunk - 1) / kChunk &&
-                                          seen < width;
-             ++c) {
-          product(folded, dim, round_up(keys[used], kColumns), kChunk, dim, dim, used > 0,
-                  &scores[used * folded * kChunk], vc_data + (c * kv_heads + task.head) * tile, result.data());
-          seen += keys[used];
-          ++used;
-        }
+      for (int64_t u = 0; u < used; ++u)
+        product(folded, dim, round_up(keys[u], kColumns), kChunk, dim, dim, u > 0, &scores[u * folded * kChunk],
+                vc_data + (chunk[u] * kv_heads + task.head) * tile, result.data());
       for (int64_t hg = 0; hg < group; ++hg)
         for (int64_t i = 0; i < rows; ++i) {
           const float scale_row = inverse[hg * padded + i];

@@ -3,10 +3,10 @@ kept in a cache folder, and loaded from there afterwards.
 
 - Causal attention for a packed row: on the benchmark machine about half the time PyTorch's CPU flash attention
   takes sequence by sequence (that kernel computes a causal sequence under 512 tokens as a full square).
-- RMSNorm and SiLU-and-multiply in one pass each (`cpu_fusion` puts them in the decoder layers).
+- RMSNorm, SiLU-and-multiply and the rotary embedding in one pass each (`cpu_fusion` puts them in the models).
 
-Where they cannot be built (no C++ compiler, a PyTorch without BLAS) attention stays on SDPA and the element-wise
-ops on PyTorch's own, and one log line says why. Float32 only: other dtypes keep PyTorch's ops.
+Where they cannot be built (no C++ compiler) attention stays on SDPA and the element-wise ops on PyTorch's own, and
+one log line says why. Float32 only: other dtypes keep PyTorch's ops.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ def _build() -> Any:
 
 def library() -> Any:
     """The loaded operators (built first if needed), or None where they cannot be built; tried once per process."""
+    if "ops" in _loaded:  # settled: read without the lock (every attention layer and rotary call asks)
+        return _loaded["ops"]
     with _lock:
         if "ops" not in _loaded:
             try:

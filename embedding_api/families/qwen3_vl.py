@@ -259,7 +259,7 @@ class Qwen3VLFamily:
         return count
 
     def _count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        return len(self._ids(text))
 
     def _ids(self, text: str) -> np.ndarray:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
