@@ -38,7 +38,7 @@ _CUT_SLACK = 8
 _MAX_CHARS_PER_TOKEN = 64
 # Cut passes before giving up: the first removes the computed overflow, later ones only a few merged tokens.
 _MAX_CUT_ROUNDS = 8
-_INSTRUCTION_CACHE = 256  # distinct system blocks whose token counts are kept
+_INSTRUCTION_CACHE = 256  # distinct system blocks (and shared prefixes) whose token ids are kept
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,6 @@ class Qwen3VLFamily:
         cpu_linear.pack_linears(model)
         cpu_fusion.fuse(model, cpu_kernels.active())
         self._end_of_turn = "<|im_end|>"
-        self._count_tokens = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._count)
         self._system_ids = functools.lru_cache(maxsize=_INSTRUCTION_CACHE)(self._ids)
         self._prefixes = packing.PrefixStore()  # shared prefixes' keys and values, across passes (device thread)
 
@@ -260,6 +259,10 @@ class Qwen3VLFamily:
 
     def _count(self, text: str) -> int:
         return len(self._ids(text))
+
+    def _count_tokens(self, text: str) -> int:
+        """`_count` for texts many items repeat (system blocks, timestamps): read from the ids' cache."""
+        return len(self._system_ids(text))
 
     def _ids(self, text: str) -> np.ndarray:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
